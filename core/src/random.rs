@@ -1,0 +1,21 @@
+//! The only source of randomness: the operating system's CSPRNG.
+
+use rand::rngs::SysRng;
+use rand::TryRng;
+
+/// Fills `buf` from the OS CSPRNG (getrandom(2)).
+///
+/// Failure of the OS generator is not something a caller can recover from and must never be
+/// papered over with a weaker generator, so it aborts the call (pgrx turns the panic into an ERROR).
+pub fn fill(buf: &mut [u8]) {
+    SysRng
+        .try_fill_bytes(buf)
+        .expect("the operating system's random number generator failed");
+}
+
+/// `n` bytes from the OS CSPRNG.
+pub fn bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    fill(&mut v);
+    v
+}

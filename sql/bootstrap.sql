@@ -1,0 +1,164 @@
+-- totp_verify schema: the relations of SPEC §2, keyed by identity for scale-out (SPEC §9).
+--
+-- Layout:
+--   totp.services                 table: configuration and limits (read-mostly, no counters)
+--   totp.entities                 table: one row per (identity, service)
+--   totp_private.factors          table: factors, their sealed secrets and their counters
+--   totp_private.challenges       table: challenges and their attempt counters
+--   totp.factors, totp.challenges views: what applications read; never a secret
+--
+-- Why a private schema: `GRANT SELECT ON ALL TABLES IN SCHEMA totp` must not reach a secret
+-- (SPEC §3), so nothing secret lives in schema totp. No role but the extension owner has USAGE
+-- on totp_private; the views and the SECURITY DEFINER functions read it on the caller's behalf.
+--
+-- Why views for factors and challenges: an unverified factor past its lifetime is gone, and a
+-- pending challenge past its expiration_date is expired, whether or not maintenance has run
+-- (SPEC §6). The views compute that at read time from the stored deadline.
+--
+-- No sequences, no triggers, no advisory locks (SPEC §9): SIDs come from the CSPRNG in Rust,
+-- and concurrency is row locks on the factor row.
+
+CREATE SCHEMA totp_private;
+REVOKE ALL ON SCHEMA totp_private FROM PUBLIC;
+
+CREATE TABLE totp.services (
+    sid                          text        NOT NULL PRIMARY KEY CHECK (sid ~ '^VA[0-9a-f]{32}$'),
+    friendly_name                text        NOT NULL CHECK (char_length(friendly_name) BETWEEN 1 AND 64),
+    totp_issuer                  text        CHECK (char_length(totp_issuer) BETWEEN 1 AND 64),
+    totp_time_step               integer     CHECK (totp_time_step BETWEEN 20 AND 60),
+    totp_code_length             integer     CHECK (totp_code_length BETWEEN 3 AND 8),
+    totp_skew                    integer     CHECK (totp_skew BETWEEN 0 AND 2),
+    -- Limits (SPEC §6), Twilio's defaults. A service may change them with UPDATE.
+    max_factor_attempts          integer     NOT NULL DEFAULT 5   CHECK (max_factor_attempts > 0),
+    max_challenge_attempts       integer     NOT NULL DEFAULT 5   CHECK (max_challenge_attempts > 0),
+    max_challenges_per_hour      integer     NOT NULL DEFAULT 50  CHECK (max_challenges_per_hour > 0),
+    max_challenges_per_day       integer     NOT NULL DEFAULT 100 CHECK (max_challenges_per_day > 0),
+    max_short_code_challenges_per_day integer NOT NULL DEFAULT 10 CHECK (max_short_code_challenges_per_day > 0),
+    max_factors_per_entity       integer     NOT NULL DEFAULT 100 CHECK (max_factors_per_entity > 0),
+    max_factor_creations_per_day integer     NOT NULL DEFAULT 100 CHECK (max_factor_creations_per_day > 0),
+    challenge_ttl                interval    NOT NULL DEFAULT '5 minutes',
+    max_challenge_ttl            interval    NOT NULL DEFAULT '60 minutes',
+    unverified_factor_ttl        interval    NOT NULL DEFAULT '24 hours' CHECK (unverified_factor_ttl > '0'),
+    date_created                 timestamptz NOT NULL,
+    date_updated                 timestamptz NOT NULL,
+    CHECK (challenge_ttl > '0' AND challenge_ttl <= max_challenge_ttl AND max_challenge_ttl <= '60 minutes')
+);
+
+CREATE TABLE totp.entities (
+    identity                     text        NOT NULL,
+    service_sid                  text        NOT NULL REFERENCES totp.services (sid) ON DELETE CASCADE,
+    sid                          text        NOT NULL CHECK (sid ~ '^YE[0-9a-f]{32}$'),
+    date_created                 timestamptz NOT NULL,
+    date_updated                 timestamptz NOT NULL,
+    -- Factor creations in the current 24-hour window (60326). A counter, not a scan.
+    factor_window_start          timestamptz,
+    factors_created_in_window    integer     NOT NULL DEFAULT 0,
+    PRIMARY KEY (identity, service_sid),
+    UNIQUE (identity, sid)
+);
+CREATE INDEX entities_service_sid ON totp.entities (service_sid);
+
+CREATE TABLE totp_private.factors (
+    identity                     text        NOT NULL,
+    sid                          text        NOT NULL CHECK (sid ~ '^YF[0-9a-f]{32}$'),
+    service_sid                  text        NOT NULL REFERENCES totp.services (sid) ON DELETE CASCADE,
+    entity_sid                   text        NOT NULL,
+    friendly_name                text        NOT NULL,
+    factor_type                  text        NOT NULL DEFAULT 'totp' CHECK (factor_type = 'totp'),
+    status                       text        NOT NULL DEFAULT 'unverified'
+                                 CHECK (status IN ('unverified', 'verified')),
+    alg                          text        NOT NULL CHECK (alg IN ('sha1', 'sha256', 'sha512')),
+    code_length                  integer     NOT NULL CHECK (code_length BETWEEN 3 AND 8),
+    time_step                    integer     NOT NULL CHECK (time_step BETWEEN 20 AND 60),
+    skew                         integer     NOT NULL CHECK (skew BETWEEN 0 AND 2),
+    metadata                     jsonb,
+    date_created                 timestamptz NOT NULL,
+    date_updated                 timestamptz NOT NULL,
+    -- An unverified factor is gone after this moment (NULL once verified).
+    unverified_until             timestamptz,
+    -- Replay guard: the last time step accepted, by verify_factor or a challenge (RFC 6238 §5.2).
+    last_step                    bigint,
+    -- Wrong codes submitted to verify_factor (60310).
+    failed_verifications         integer     NOT NULL DEFAULT 0,
+    -- Challenge creations in the current hour and 24-hour windows (60312).
+    challenge_hour_start         timestamptz,
+    challenges_in_hour           integer     NOT NULL DEFAULT 0,
+    challenge_day_start          timestamptz,
+    challenges_in_day            integer     NOT NULL DEFAULT 0,
+    -- The secret, sealed with AES-256-GCM under key secret_key_id, the factor SID as associated data.
+    secret_key_id                bigint      NOT NULL,
+    secret_sealed                bytea       NOT NULL,
+    PRIMARY KEY (identity, sid),
+    FOREIGN KEY (identity, entity_sid) REFERENCES totp.entities (identity, sid) ON DELETE CASCADE
+);
+CREATE INDEX factors_service_sid ON totp_private.factors (service_sid);
+CREATE INDEX factors_unverified_until ON totp_private.factors (unverified_until)
+    WHERE unverified_until IS NOT NULL;
+CREATE INDEX factors_secret_key_id ON totp_private.factors (secret_key_id);
+
+CREATE TABLE totp_private.challenges (
+    identity                     text        NOT NULL,
+    sid                          text        NOT NULL CHECK (sid ~ '^YC[0-9a-f]{32}$'),
+    service_sid                  text        NOT NULL REFERENCES totp.services (sid) ON DELETE CASCADE,
+    entity_sid                   text        NOT NULL,
+    factor_sid                   text        NOT NULL,
+    factor_type                  text        NOT NULL DEFAULT 'totp' CHECK (factor_type = 'totp'),
+    status                       text        NOT NULL
+                                 CHECK (status IN ('pending', 'approved', 'denied', 'expired')),
+    responded_reason             text        NOT NULL DEFAULT 'none'
+                                 CHECK (responded_reason IN ('none', 'not_needed', 'not_requested')),
+    details                      jsonb,
+    hidden_details               jsonb,
+    metadata                     jsonb,
+    expiration_date              timestamptz NOT NULL,
+    date_responded               timestamptz,
+    date_created                 timestamptz NOT NULL,
+    date_updated                 timestamptz NOT NULL,
+    -- Wrong codes submitted for this challenge (60308).
+    failed_attempts              integer     NOT NULL DEFAULT 0,
+    PRIMARY KEY (identity, sid),
+    FOREIGN KEY (identity, factor_sid) REFERENCES totp_private.factors (identity, sid) ON DELETE CASCADE
+);
+CREATE INDEX challenges_factor ON totp_private.challenges (identity, factor_sid);
+CREATE INDEX challenges_service_sid ON totp_private.challenges (service_sid);
+CREATE INDEX challenges_pending_expiry ON totp_private.challenges (expiration_date)
+    WHERE status = 'pending';
+CREATE INDEX challenges_approved ON totp_private.challenges (identity, service_sid, date_responded)
+    WHERE status = 'approved';
+
+-- Which keys have sealed secrets in this database. Only ids and states, never key material
+-- (SPEC §8: the key never lives in a table); lets rotation and a missing key file be told apart.
+CREATE TABLE totp_private.keys (
+    key_id                       bigint      NOT NULL PRIMARY KEY,
+    state                        text        NOT NULL CHECK (state IN ('current', 'retired')),
+    date_created                 timestamptz NOT NULL
+);
+
+CREATE VIEW totp.factors AS
+SELECT f.sid, f.service_sid, f.entity_sid, f.identity, f.friendly_name, f.factor_type, f.status,
+       f.alg, f.code_length, f.time_step, f.skew, f.metadata, f.date_created, f.date_updated
+  FROM totp_private.factors f
+ WHERE f.unverified_until IS NULL OR f.unverified_until > pg_catalog.now();
+
+CREATE VIEW totp.challenges AS
+SELECT c.sid, c.service_sid, c.entity_sid, c.identity, c.factor_sid, c.factor_type,
+       CASE WHEN c.status = 'pending' AND c.expiration_date <= pg_catalog.now()
+            THEN 'expired' ELSE c.status END AS status,
+       c.responded_reason, c.details, c.hidden_details, c.metadata, c.expiration_date,
+       c.date_responded, c.date_created, c.date_updated
+  FROM totp_private.challenges c;
+
+-- What create_factor returns: the factor's columns plus the binding, shown this once.
+CREATE TYPE totp.new_factor AS (
+    sid text, service_sid text, entity_sid text, identity text, friendly_name text,
+    factor_type text, status text, alg text, code_length integer, time_step integer, skew integer,
+    metadata jsonb, date_created timestamptz, date_updated timestamptz,
+    binding_secret text, binding_uri text
+);
+
+-- pg_dump keeps every row (SPEC §7). Secrets are dumped sealed; the key file is not in the dump.
+SELECT pg_catalog.pg_extension_config_dump('totp.services', '');
+SELECT pg_catalog.pg_extension_config_dump('totp.entities', '');
+SELECT pg_catalog.pg_extension_config_dump('totp_private.factors', '');
+SELECT pg_catalog.pg_extension_config_dump('totp_private.challenges', '');
+SELECT pg_catalog.pg_extension_config_dump('totp_private.keys', '');

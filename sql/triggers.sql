@@ -1,0 +1,66 @@
+-- Trigger functions for an application's own tables (SPEC §7). They read the identity from a
+-- column of any type through its text form (to_jsonb(row) ->> column), so an integer primary
+-- key works. SECURITY DEFINER so the application's role needs no rights on the extension's
+-- tables, with search_path pinned and every name qualified.
+
+CREATE FUNCTION totp.forget_entity() RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    row_json jsonb;
+    entity_identity text;
+BEGIN
+    IF TG_NARGS <> 2 OR TG_OP <> 'DELETE' OR TG_LEVEL <> 'ROW' THEN
+        RAISE EXCEPTION 'totp.forget_entity() must be an AFTER DELETE ... FOR EACH ROW trigger with arguments (service_sid, identity_column)'
+            USING ERRCODE = '22023', DETAIL = 'Twilio 60200';
+    END IF;
+    row_json := pg_catalog.to_jsonb(OLD);
+    IF NOT row_json ? TG_ARGV[1] THEN
+        RAISE EXCEPTION 'column "%" not found in %.%', TG_ARGV[1], TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = '42703';
+    END IF;
+    entity_identity := row_json ->> TG_ARGV[1];
+    IF entity_identity IS NOT NULL THEN
+        DELETE FROM totp.entities e WHERE e.identity = entity_identity AND e.service_sid = TG_ARGV[0];
+    END IF;
+    RETURN OLD;
+END
+$$;
+
+CREATE FUNCTION totp.require_approval() RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    max_age interval;
+    identities text[];
+    entity_identity text;
+BEGIN
+    IF TG_NARGS <> 3 OR TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'ROW' THEN
+        RAISE EXCEPTION 'totp.require_approval() must be a BEFORE ... FOR EACH ROW trigger with arguments (service_sid, identity_column, max_age)'
+            USING ERRCODE = '22023', DETAIL = 'Twilio 60200';
+    END IF;
+    max_age := TG_ARGV[2]::interval;
+    -- Every identity the write touches must have stepped up: the row's owner before and after.
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        IF NOT pg_catalog.to_jsonb(NEW) ? TG_ARGV[1] THEN
+            RAISE EXCEPTION 'column "%" not found in %.%', TG_ARGV[1], TG_TABLE_SCHEMA, TG_TABLE_NAME
+                USING ERRCODE = '42703';
+        END IF;
+        identities := identities || (pg_catalog.to_jsonb(NEW) ->> TG_ARGV[1]);
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        identities := identities || (pg_catalog.to_jsonb(OLD) ->> TG_ARGV[1]);
+    END IF;
+    FOREACH entity_identity IN ARRAY identities LOOP
+        IF entity_identity IS NULL OR NOT totp.has_recent_approval(TG_ARGV[0], entity_identity, max_age) THEN
+            RAISE EXCEPTION 'step-up approval required'
+                USING ERRCODE = '42501',
+                      DETAIL = pg_catalog.format('%s on %I.%I needs a challenge approved within %s for this identity.',
+                                                 TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, max_age),
+                      HINT = 'Approve a challenge with totp.create_challenge or totp.update_challenge first.';
+        END IF;
+    END LOOP;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END
+$$;

@@ -1,0 +1,561 @@
+//! `totp.factors`: the register sequence (create, then verify with a code), update and delete
+//! (Twilio /Entities/{identity}/Factors), and the locked factor row every verification works on.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use totp_core::otp::{self, Algorithm, CodeParams};
+use totp_core::sid::{self, SidKind};
+use totp_core::uri::KeyUri;
+use totp_core::validate::{self, Invalid, CODE_LENGTH, SKEW, TIME_STEP};
+use zeroize::Zeroizing;
+
+use super::events::{self, Event};
+use super::{json_object_arg, required, scope, sid_arg};
+use crate::clock::{Now, MICROS_PER_DAY};
+use crate::db::{self, arg, Sql, BYTEA, INT4, INT8, JSONB, TEXT, TIMESTAMPTZ};
+use crate::error::{TotpError, TotpResult};
+use crate::keyring;
+
+type FactorRow = pgrx::composite_type!('static, "totp.factors");
+type NewFactorRow = pgrx::composite_type!('static, "totp.new_factor");
+
+/// Twilio's defaults when neither the call nor the service says: 30 s, 6 digits, skew 1.
+const DEFAULT_TIME_STEP: i32 = 30;
+const DEFAULT_CODE_LENGTH: i32 = 6;
+const DEFAULT_SKEW: i32 = 1;
+/// 160 bits, RFC 4226's recommendation and Twilio's 32-character secrets.
+const GENERATED_SECRET_BYTES: usize = 20;
+
+fn parse_alg(alg: Option<&str>) -> TotpResult<Option<Algorithm>> {
+    alg.map(|a| {
+        a.parse::<Algorithm>()
+            .map_err(|e| TotpError::invalid(Invalid::new("alg", e.to_string())))
+    })
+    .transpose()
+}
+
+/// Checks a factor's optional settings (Twilio 60306).
+fn check_factor_settings(
+    code_length: Option<i32>,
+    time_step: Option<i32>,
+    skew: Option<i32>,
+) -> TotpResult<()> {
+    for (field, value, range) in [
+        ("code_length", code_length, CODE_LENGTH),
+        ("time_step", time_step, TIME_STEP),
+        ("skew", skew, SKEW),
+    ] {
+        if let Some(value) = value {
+            validate::in_range(field, value, range)?;
+        }
+    }
+    Ok(())
+}
+
+static PURGE_EXPIRED: Sql = Sql {
+    text: "DELETE FROM totp_private.factors \
+           WHERE identity = $1 AND service_sid = $2 AND unverified_until <= $3",
+    params: &[TEXT, TEXT, TIMESTAMPTZ],
+};
+
+// Creates the entity if needed and, either way, locks its row and counts this creation in the
+// entity's 24-hour window: the lock serializes concurrent creations for one entity, so the
+// factor count and the window counter cannot race.
+static UPSERT_ENTITY: Sql = Sql {
+    text: "INSERT INTO totp.entities AS e (identity, service_sid, sid, date_created, date_updated, \
+             factor_window_start, factors_created_in_window) \
+           VALUES ($1, $2, $3, $4, $4, $4, 1) \
+           ON CONFLICT (identity, service_sid) DO UPDATE SET \
+             factor_window_start = CASE WHEN e.factor_window_start > $4 - $5 * interval '1 microsecond' \
+                                        THEN e.factor_window_start ELSE $4 END, \
+             factors_created_in_window = CASE WHEN e.factor_window_start > $4 - $5 * interval '1 microsecond' \
+                                        THEN e.factors_created_in_window + 1 ELSE 1 END \
+           RETURNING e.sid, e.factors_created_in_window",
+    params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ, INT8],
+};
+
+static COUNT_FACTORS: Sql = Sql {
+    text: "SELECT pg_catalog.count(*) FROM totp_private.factors WHERE identity = $1 AND entity_sid = $2",
+    params: &[TEXT, TEXT],
+};
+
+static INSERT: Sql = Sql {
+    text:
+        "INSERT INTO totp_private.factors (identity, sid, service_sid, entity_sid, friendly_name, \
+             alg, code_length, time_step, skew, metadata, date_created, date_updated, \
+             unverified_until, secret_key_id, secret_sealed) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14)",
+    params: &[
+        TEXT,
+        TEXT,
+        TEXT,
+        TEXT,
+        TEXT,
+        TEXT,
+        INT4,
+        INT4,
+        INT4,
+        JSONB,
+        TIMESTAMPTZ,
+        TIMESTAMPTZ,
+        INT8,
+        BYTEA,
+    ],
+};
+
+static SELECT_NEW: Sql = Sql {
+    text: "SELECT ROW(f.*, NULL::text, NULL::text)::totp.new_factor FROM totp.factors f \
+           WHERE f.identity = $1 AND f.sid = $2",
+    params: &[TEXT, TEXT],
+};
+
+static SELECT_ROW: Sql = Sql {
+    text: "SELECT f FROM totp.factors f WHERE f.identity = $1 AND f.sid = $2",
+    params: &[TEXT, TEXT],
+};
+
+/// The factor's public row (the `totp.factors` view).
+pub fn row(client: &mut SpiClient<'_>, identity: &str, factor_sid: &str) -> TotpResult<FactorRow> {
+    let table = db::exec(client, &SELECT_ROW, &[arg(identity), arg(factor_sid)])?;
+    db::req(&table.first(), 1)
+}
+
+/// Creates a TOTP factor, and the entity if the identity is new. Returns the factor with
+/// `binding_secret` and `binding_uri`, which nothing returns again.
+#[allow(clippy::too_many_arguments)] // mirrors Twilio's parameters, all optional after the third
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_factor(
+    service_sid: Option<&str>,
+    identity: Option<&str>,
+    friendly_name: Option<&str>,
+    secret: default!(Option<&str>, "NULL"),
+    alg: default!(Option<&str>, "NULL"),
+    code_length: default!(Option<i32>, "NULL"),
+    time_step: default!(Option<i32>, "NULL"),
+    skew: default!(Option<i32>, "NULL"),
+    metadata: default!(Option<JsonB>, "NULL"),
+) -> Result<pgrx::composite_type!('static, "totp.new_factor"), ErrorReport> {
+    let (service_sid, identity) = scope(service_sid, identity)?;
+    let friendly_name = required("friendly_name", friendly_name)?;
+    validate::friendly_name("friendly_name", friendly_name).map_err(TotpError::from)?;
+    let alg = parse_alg(alg)?.unwrap_or(Algorithm::Sha1);
+    check_factor_settings(code_length, time_step, skew)?;
+    json_object_arg("metadata", &metadata)?;
+    let secret: Zeroizing<Vec<u8>> = Zeroizing::new(match secret {
+        Some(text) => validate::secret(text).map_err(TotpError::from)?,
+        None => totp_core::random::bytes(GENERATED_SECRET_BYTES),
+    });
+    let now = Now::read();
+
+    Ok(Spi::connect_mut(|client| -> TotpResult<NewFactorRow> {
+        let service = super::services::load(client, service_sid, now)?;
+        db::exec(
+            client,
+            &PURGE_EXPIRED,
+            &[arg(identity), arg(service_sid), arg(now.timestamptz())],
+        )?;
+        let entity = db::exec(
+            client,
+            &UPSERT_ENTITY,
+            &[
+                arg(identity),
+                arg(service_sid),
+                arg(sid::generate(SidKind::Entity)),
+                arg(now.timestamptz()),
+                arg(MICROS_PER_DAY),
+            ],
+        )?
+        .first();
+        let entity_sid: String = db::req(&entity, 1)?;
+        let created_in_window: i32 = db::req(&entity, 2)?;
+        let factors = db::exec(
+            client,
+            &COUNT_FACTORS,
+            &[arg(identity), arg(entity_sid.as_str())],
+        )?
+        .first();
+        let existing: i64 = db::req(&factors, 1)?;
+        if existing >= i64::from(service.max_factors_per_entity) {
+            return Err(TotpError::TooManyFactors {
+                limit: service.max_factors_per_entity,
+            });
+        }
+        if created_in_window > service.max_factor_creations_per_day {
+            return Err(TotpError::FactorCreationRateLimited {
+                limit: service.max_factor_creations_per_day,
+            });
+        }
+
+        // Resolve and store the settings now: later service changes must not break codes
+        // already in users' apps.
+        let code_length = code_length
+            .or(service.code_length)
+            .unwrap_or(DEFAULT_CODE_LENGTH);
+        let time_step = time_step.or(service.time_step).unwrap_or(DEFAULT_TIME_STEP);
+        let skew = skew.or(service.skew).unwrap_or(DEFAULT_SKEW);
+        let factor_sid = sid::generate(SidKind::Factor);
+        let (key_id, sealed) = keyring::seal(&factor_sid, &secret)?;
+        db::exec(
+            client,
+            &INSERT,
+            &[
+                arg(identity),
+                arg(factor_sid.as_str()),
+                arg(service_sid),
+                arg(entity_sid.as_str()),
+                arg(friendly_name),
+                arg(alg.as_str()),
+                arg(code_length),
+                arg(time_step),
+                arg(skew),
+                arg(metadata),
+                arg(now.timestamptz()),
+                arg(service.unverified_until),
+                arg(key_id),
+                arg(sealed),
+            ],
+        )?;
+        events::send(
+            client,
+            Event::FactorCreated,
+            service_sid,
+            identity,
+            &factor_sid,
+            None,
+            now,
+        )?;
+
+        let binding_secret = totp_core::base32::encode(&secret);
+        let issuer = service.issuer.as_deref().unwrap_or(&service.friendly_name);
+        let binding_uri = KeyUri {
+            secret: &binding_secret,
+            account: friendly_name,
+            issuer: Some(issuer),
+            alg,
+            digits: code_length as u32,
+            period: time_step as u32,
+        }
+        .render();
+        let table = db::exec(
+            client,
+            &SELECT_NEW,
+            &[arg(identity), arg(factor_sid.as_str())],
+        )?;
+        let mut new_factor: NewFactorRow = db::req(&table.first(), 1)?;
+        new_factor
+            .set_by_name("binding_secret", binding_secret)
+            .and_then(|_| new_factor.set_by_name("binding_uri", binding_uri))
+            .map_err(|e| TotpError::Internal(e.to_string()))?;
+        Ok(new_factor)
+    })?)
+}
+
+/// A factor row locked `FOR UPDATE` for one verification: the lock serializes every code
+/// check, counter and replay-guard update on this factor (SPEC §3 "Concurrency").
+pub struct LockedFactor {
+    pub sid: String,
+    pub entity_sid: String,
+    pub verified: bool,
+    pub code_length: i32,
+    pub params: CodeParams,
+    pub last_step: Option<i64>,
+    pub failed_verifications: i32,
+    pub challenge_hour_start: Option<i64>,
+    pub challenges_in_hour: i32,
+    pub challenge_day_start: Option<i64>,
+    pub challenges_in_day: i32,
+    key_id: i64,
+    sealed: Vec<u8>,
+}
+
+static LOCK: Sql = Sql {
+    text: "SELECT entity_sid, status, alg, code_length, time_step, skew, last_step, \
+             failed_verifications, challenge_hour_start, challenges_in_hour, challenge_day_start, \
+             challenges_in_day, secret_key_id, secret_sealed \
+           FROM totp_private.factors \
+           WHERE identity = $1 AND sid = $2 AND service_sid = $3 \
+             AND (unverified_until IS NULL OR unverified_until > $4) \
+           FOR UPDATE",
+    params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ],
+};
+
+fn micros(ts: Option<pgrx::datum::TimestampWithTimeZone>) -> Option<i64> {
+    ts.map(|t| t.into_inner())
+}
+
+/// Locks the factor, or reports 60392 / 60390.
+pub fn lock(
+    client: &mut SpiClient<'_>,
+    service_sid: &str,
+    identity: &str,
+    factor_sid: &str,
+    now: Now,
+) -> TotpResult<LockedFactor> {
+    let table = db::exec(
+        client,
+        &LOCK,
+        &[
+            arg(identity),
+            arg(factor_sid),
+            arg(service_sid),
+            arg(now.timestamptz()),
+        ],
+    )?;
+    let Some(row) = db::first(table) else {
+        return Err(super::entities::missing(
+            client,
+            service_sid,
+            identity,
+            SidKind::Factor,
+            factor_sid,
+        ));
+    };
+    let status: String = db::req(&row, 2)?;
+    let alg: String = db::req(&row, 3)?;
+    let code_length: i32 = db::req(&row, 4)?;
+    let time_step: i32 = db::req(&row, 5)?;
+    let skew: i32 = db::req(&row, 6)?;
+    Ok(LockedFactor {
+        sid: factor_sid.to_string(),
+        entity_sid: db::req(&row, 1)?,
+        verified: status == "verified",
+        code_length,
+        params: CodeParams {
+            alg: alg
+                .parse()
+                .map_err(|_| TotpError::Internal("stored alg is invalid".into()))?,
+            digits: code_length as u32,
+            step_seconds: time_step as u32,
+            skew: skew as u32,
+        },
+        last_step: db::get(&row, 7)?,
+        failed_verifications: db::req(&row, 8)?,
+        challenge_hour_start: micros(db::get(&row, 9)?),
+        challenges_in_hour: db::req(&row, 10)?,
+        challenge_day_start: micros(db::get(&row, 11)?),
+        challenges_in_day: db::req(&row, 12)?,
+        key_id: db::req(&row, 13)?,
+        sealed: db::req(&row, 14)?,
+    })
+}
+
+impl LockedFactor {
+    /// The time step `payload` proves, if it is a right, fresh code now. Wrong length, wrong
+    /// code and replayed code all give `None`, indistinguishably.
+    pub fn accepts(&self, payload: &str, now: Now) -> TotpResult<Option<i64>> {
+        let secret = keyring::open(&self.sid, self.key_id, &self.sealed)?;
+        if payload.len() != self.code_length as usize {
+            return Ok(None);
+        }
+        let Some(now_step) = otp::time_step(now.unix_seconds(), self.params.step_seconds) else {
+            return Ok(None);
+        };
+        let last = self.last_step.map(|s| s.max(0) as u64);
+        Ok(otp::match_step(&secret, payload, now_step, last, self.params).map(|s| s as i64))
+    }
+}
+
+static VERIFIED: Sql = Sql {
+    text: "UPDATE totp_private.factors SET status = 'verified', unverified_until = NULL, \
+             last_step = $3, failed_verifications = 0, date_updated = $4 \
+           WHERE identity = $1 AND sid = $2",
+    params: &[TEXT, TEXT, INT8, TIMESTAMPTZ],
+};
+
+static VERIFICATION_FAILED: Sql = Sql {
+    text: "UPDATE totp_private.factors SET failed_verifications = failed_verifications + 1 \
+           WHERE identity = $1 AND sid = $2",
+    params: &[TEXT, TEXT],
+};
+
+/// Verifies a new factor with a code from the user's app. A right code makes it `verified` and
+/// is consumed; a wrong one returns the row still `unverified` and counts toward 60310.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn verify_factor(
+    service_sid: Option<&str>,
+    identity: Option<&str>,
+    factor_sid: Option<&str>,
+    auth_payload: Option<&str>,
+) -> Result<pgrx::composite_type!('static, "totp.factors"), ErrorReport> {
+    let (service_sid, identity) = scope(service_sid, identity)?;
+    let factor_sid = sid_arg("factor_sid", SidKind::Factor, factor_sid)?;
+    let payload = required("auth_payload", auth_payload)?;
+    validate::auth_payload(payload).map_err(TotpError::from)?;
+    let now = Now::read();
+    Ok(Spi::connect_mut(|client| -> TotpResult<FactorRow> {
+        let service = super::services::load(client, service_sid, now)?;
+        let factor = lock(client, service_sid, identity, factor_sid, now)?;
+        if factor.verified {
+            return row(client, identity, factor_sid);
+        }
+        if factor.failed_verifications >= service.max_factor_attempts {
+            return Err(TotpError::FactorAttemptsExhausted {
+                limit: service.max_factor_attempts,
+            });
+        }
+        match factor.accepts(payload, now)? {
+            Some(step) => {
+                db::exec(
+                    client,
+                    &VERIFIED,
+                    &[
+                        arg(identity),
+                        arg(factor_sid),
+                        arg(step),
+                        arg(now.timestamptz()),
+                    ],
+                )?;
+                events::send(
+                    client,
+                    Event::FactorVerified,
+                    service_sid,
+                    identity,
+                    factor_sid,
+                    None,
+                    now,
+                )?;
+            }
+            None => {
+                db::exec(
+                    client,
+                    &VERIFICATION_FAILED,
+                    &[arg(identity), arg(factor_sid)],
+                )?;
+            }
+        }
+        row(client, identity, factor_sid)
+    })?)
+}
+
+static UPDATE: Sql = Sql {
+    text: "UPDATE totp_private.factors AS f SET \
+             friendly_name = COALESCE($4, f.friendly_name), alg = COALESCE($5, f.alg), \
+             code_length = COALESCE($6, f.code_length), time_step = COALESCE($7, f.time_step), \
+             skew = COALESCE($8, f.skew), metadata = COALESCE($9, f.metadata), date_updated = $10 \
+           WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 \
+             AND (f.unverified_until IS NULL OR f.unverified_until > $10) \
+           RETURNING f.sid",
+    params: &[
+        TEXT,
+        TEXT,
+        TEXT,
+        TEXT,
+        TEXT,
+        INT4,
+        INT4,
+        INT4,
+        JSONB,
+        TIMESTAMPTZ,
+    ],
+};
+
+/// Updates a factor's name, settings or metadata; NULL leaves a value as it is. Changing alg,
+/// code_length or time_step changes the codes the factor expects.
+#[allow(clippy::too_many_arguments)] // mirrors Twilio's parameters
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn update_factor(
+    service_sid: Option<&str>,
+    identity: Option<&str>,
+    factor_sid: Option<&str>,
+    friendly_name: default!(Option<&str>, "NULL"),
+    alg: default!(Option<&str>, "NULL"),
+    code_length: default!(Option<i32>, "NULL"),
+    time_step: default!(Option<i32>, "NULL"),
+    skew: default!(Option<i32>, "NULL"),
+    metadata: default!(Option<JsonB>, "NULL"),
+) -> Result<pgrx::composite_type!('static, "totp.factors"), ErrorReport> {
+    let (service_sid, identity) = scope(service_sid, identity)?;
+    let factor_sid = sid_arg("factor_sid", SidKind::Factor, factor_sid)?;
+    if let Some(name) = friendly_name {
+        validate::friendly_name("friendly_name", name).map_err(TotpError::from)?;
+    }
+    let alg = parse_alg(alg)?;
+    check_factor_settings(code_length, time_step, skew)?;
+    json_object_arg("metadata", &metadata)?;
+    let now = Now::read();
+    Ok(Spi::connect_mut(|client| -> TotpResult<FactorRow> {
+        super::services::load(client, service_sid, now)?;
+        let table = db::exec(
+            client,
+            &UPDATE,
+            &[
+                arg(identity),
+                arg(factor_sid),
+                arg(service_sid),
+                arg(friendly_name),
+                arg(alg.map(Algorithm::as_str)),
+                arg(code_length),
+                arg(time_step),
+                arg(skew),
+                arg(metadata),
+                arg(now.timestamptz()),
+            ],
+        )?;
+        if table.is_empty() {
+            return Err(super::entities::missing(
+                client,
+                service_sid,
+                identity,
+                SidKind::Factor,
+                factor_sid,
+            ));
+        }
+        row(client, identity, factor_sid)
+    })?)
+}
+
+static DELETE: Sql = Sql {
+    text: "DELETE FROM totp_private.factors \
+           WHERE identity = $1 AND sid = $2 AND service_sid = $3 \
+             AND (unverified_until IS NULL OR unverified_until > $4) RETURNING sid",
+    params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ],
+};
+
+/// Deletes a factor and its challenges.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn delete_factor(
+    service_sid: Option<&str>,
+    identity: Option<&str>,
+    factor_sid: Option<&str>,
+) -> Result<(), ErrorReport> {
+    let (service_sid, identity) = scope(service_sid, identity)?;
+    let factor_sid = sid_arg("factor_sid", SidKind::Factor, factor_sid)?;
+    let now = Now::read();
+    Ok(Spi::connect_mut(|client| -> TotpResult<()> {
+        super::services::load(client, service_sid, now)?;
+        let table = db::exec(
+            client,
+            &DELETE,
+            &[
+                arg(identity),
+                arg(factor_sid),
+                arg(service_sid),
+                arg(now.timestamptz()),
+            ],
+        )?;
+        if table.is_empty() {
+            return Err(super::entities::missing(
+                client,
+                service_sid,
+                identity,
+                SidKind::Factor,
+                factor_sid,
+            ));
+        }
+        events::send(
+            client,
+            Event::FactorDeleted,
+            service_sid,
+            identity,
+            factor_sid,
+            None,
+            now,
+        )
+    })?)
+}

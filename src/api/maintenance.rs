@@ -1,0 +1,41 @@
+//! `totp.run_maintenance()`: tidies what the views already hide. Nothing depends on it having
+//! run (an overdue challenge reads as expired, an unverified factor past its lifetime is not
+//! found), so a scheduler such as pg_cron may call it as often or as rarely as it likes.
+//!
+//! This is the one function that spans identities: housekeeping, run per node when
+//! distributed (SPEC §9), never on a request path.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+use crate::clock::Now;
+use crate::db::{self, arg, Sql, TIMESTAMPTZ};
+use crate::error::TotpResult;
+
+static EXPIRE_CHALLENGES: Sql = Sql {
+    text: "UPDATE totp_private.challenges SET status = 'expired', date_updated = $1 \
+           WHERE status = 'pending' AND expiration_date <= $1",
+    params: &[TIMESTAMPTZ],
+};
+
+static DELETE_UNVERIFIED: Sql = Sql {
+    text: "DELETE FROM totp_private.factors WHERE unverified_until <= $1",
+    params: &[TIMESTAMPTZ],
+};
+
+/// Marks overdue pending challenges `expired` and deletes unverified factors past their
+/// lifetime; returns how many of each.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn run_maintenance() -> Result<
+    TableIterator<'static, (name!(expired_challenges, i64), name!(deleted_factors, i64))>,
+    ErrorReport,
+> {
+    let now = Now::read();
+    let counts = Spi::connect_mut(|client| -> TotpResult<(i64, i64)> {
+        let expired = db::exec(client, &EXPIRE_CHALLENGES, &[arg(now.timestamptz())])?.len();
+        let deleted = db::exec(client, &DELETE_UNVERIFIED, &[arg(now.timestamptz())])?.len();
+        Ok((expired as i64, deleted as i64))
+    })?;
+    Ok(TableIterator::once(counts))
+}

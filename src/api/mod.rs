@@ -1,0 +1,68 @@
+//! The SQL surface, one module per SQL noun (SPEC §3, §4, §7).
+//!
+//! State functions are `SECURITY DEFINER` with `search_path` pinned to `pg_catalog, pg_temp`:
+//! they read `totp_private` on the caller's behalf, and a caller's schema cannot shadow anything
+//! they call. Required arguments are `Option` in Rust so that NULL is a clear 22023 error
+//! instead of a STRICT function's silent NULL row.
+
+pub mod challenges;
+pub mod codes;
+pub mod entities;
+pub mod events;
+pub mod factors;
+pub mod maintenance;
+pub mod services;
+
+use totp_core::sid::{self, SidKind};
+use totp_core::validate::{self, Invalid};
+
+use crate::error::{TotpError, TotpResult};
+
+/// A required argument: NULL is an invalid-argument error naming it.
+pub fn required<T>(field: &'static str, value: Option<T>) -> TotpResult<T> {
+    value.ok_or_else(|| TotpError::required(field))
+}
+
+/// A SID argument of `kind`: required and well-formed. The service SID is Twilio 60200's
+/// business; the others 60306.
+pub fn sid_arg<'a>(
+    field: &'static str,
+    kind: SidKind,
+    value: Option<&'a str>,
+) -> TotpResult<&'a str> {
+    let value = required(field, value)?;
+    if sid::is_valid(kind, value) {
+        return Ok(value);
+    }
+    let invalid = Invalid::new(
+        field,
+        format!(
+            "must be {} followed by 32 lower-case hex digits",
+            kind.prefix()
+        ),
+    );
+    Err(match kind {
+        SidKind::Service => TotpError::invalid_service(invalid),
+        _ => TotpError::invalid(invalid),
+    })
+}
+
+/// The (service SID, identity) pair every per-user call starts with.
+pub fn scope<'a>(
+    service_sid: Option<&'a str>,
+    identity: Option<&'a str>,
+) -> TotpResult<(&'a str, &'a str)> {
+    let service_sid = sid_arg("service_sid", SidKind::Service, service_sid)?;
+    let identity = required("identity", identity)?;
+    validate::identity(identity)?;
+    Ok((service_sid, identity))
+}
+
+/// A JSON argument that must be an object of at most 1024 characters (compact form).
+pub fn json_object_arg(field: &'static str, value: &Option<pgrx::JsonB>) -> TotpResult<()> {
+    if let Some(pgrx::JsonB(json)) = value {
+        let text = serde_json::to_string(json).map_err(|e| TotpError::Internal(e.to_string()))?;
+        validate::json_object(field, json.is_object(), text.chars().count())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! `totp.services`: create, update, delete (Twilio POST/DELETE /Services), and the lookup of a
+//! service's defaults and limits that every per-user call starts with.
+
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use totp_core::sid::{self, SidKind};
+use totp_core::validate::{self, CODE_LENGTH, SKEW, TIME_STEP};
+
+use super::sid_arg;
+use crate::clock::Now;
+use crate::db::{self, arg, Sql, INT4, TEXT, TIMESTAMPTZ};
+use crate::error::{TotpError, TotpResult};
+
+type ServiceRow = pgrx::composite_type!('static, "totp.services");
+
+/// Checks the optional TOTP settings a service (or factor) may carry.
+pub fn check_settings(
+    issuer: Option<&str>,
+    time_step: Option<i32>,
+    code_length: Option<i32>,
+    skew: Option<i32>,
+) -> TotpResult<()> {
+    if let Some(issuer) = issuer {
+        validate::friendly_name("issuer", issuer).map_err(TotpError::invalid_service)?;
+    }
+    for (field, value, range) in [
+        ("time_step", time_step, TIME_STEP),
+        ("code_length", code_length, CODE_LENGTH),
+        ("skew", skew, SKEW),
+    ] {
+        if let Some(value) = value {
+            validate::in_range(field, value, range).map_err(TotpError::invalid_service)?;
+        }
+    }
+    Ok(())
+}
+
+static INSERT: Sql = Sql {
+    text: "INSERT INTO totp.services AS s (sid, friendly_name, totp_issuer, totp_time_step, \
+             totp_code_length, totp_skew, date_created, date_updated) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING s",
+    params: &[TEXT, TEXT, TEXT, INT4, INT4, INT4, TIMESTAMPTZ],
+};
+
+/// Creates a service. Unset TOTP settings stay NULL and mean Twilio's defaults (30 s, 6, 1).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_service(
+    friendly_name: Option<&str>,
+    issuer: default!(Option<&str>, "NULL"),
+    time_step: default!(Option<i32>, "NULL"),
+    code_length: default!(Option<i32>, "NULL"),
+    skew: default!(Option<i32>, "NULL"),
+) -> Result<pgrx::composite_type!('static, "totp.services"), ErrorReport> {
+    let friendly_name = super::required("friendly_name", friendly_name)?;
+    validate::friendly_name("friendly_name", friendly_name).map_err(TotpError::invalid_service)?;
+    check_settings(issuer, time_step, code_length, skew)?;
+    let now = Now::read();
+    let sid = sid::generate(SidKind::Service);
+    Ok(Spi::connect_mut(|client| -> TotpResult<ServiceRow> {
+        let row = db::exec(
+            client,
+            &INSERT,
+            &[
+                arg(sid.as_str()),
+                arg(friendly_name),
+                arg(issuer),
+                arg(time_step),
+                arg(code_length),
+                arg(skew),
+                arg(now.timestamptz()),
+            ],
+        )?;
+        db::req(&row.first(), 1)
+    })?)
+}
+
+static UPDATE: Sql = Sql {
+    text: "UPDATE totp.services AS s SET \
+             friendly_name = COALESCE($2, s.friendly_name), \
+             totp_issuer = COALESCE($3, s.totp_issuer), \
+             totp_time_step = COALESCE($4, s.totp_time_step), \
+             totp_code_length = COALESCE($5, s.totp_code_length), \
+             totp_skew = COALESCE($6, s.totp_skew), \
+             date_updated = $7 \
+           WHERE s.sid = $1 RETURNING s",
+    params: &[TEXT, TEXT, TEXT, INT4, INT4, INT4, TIMESTAMPTZ],
+};
+
+/// Updates a service; NULL leaves a setting as it is. Factors keep the settings they were
+/// created with (they are already in users' apps).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn update_service(
+    sid: Option<&str>,
+    friendly_name: default!(Option<&str>, "NULL"),
+    issuer: default!(Option<&str>, "NULL"),
+    time_step: default!(Option<i32>, "NULL"),
+    code_length: default!(Option<i32>, "NULL"),
+    skew: default!(Option<i32>, "NULL"),
+) -> Result<pgrx::composite_type!('static, "totp.services"), ErrorReport> {
+    let sid = sid_arg("sid", SidKind::Service, sid)?;
+    if let Some(name) = friendly_name {
+        validate::friendly_name("friendly_name", name).map_err(TotpError::invalid_service)?;
+    }
+    check_settings(issuer, time_step, code_length, skew)?;
+    let now = Now::read();
+    Ok(Spi::connect_mut(|client| -> TotpResult<ServiceRow> {
+        let table = db::exec(
+            client,
+            &UPDATE,
+            &[
+                arg(sid),
+                arg(friendly_name),
+                arg(issuer),
+                arg(time_step),
+                arg(code_length),
+                arg(skew),
+                arg(now.timestamptz()),
+            ],
+        )?;
+        match db::first(table) {
+            Some(row) => db::req(&row, 1),
+            None => Err(TotpError::ServiceNotFound {
+                sid: sid.to_string(),
+            }),
+        }
+    })?)
+}
+
+static DELETE: Sql = Sql {
+    text: "DELETE FROM totp.services WHERE sid = $1 RETURNING sid",
+    params: &[TEXT],
+};
+
+/// Deletes a service and, by cascade, its entities, factors and challenges.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn delete_service(sid: Option<&str>) -> Result<(), ErrorReport> {
+    let sid = sid_arg("sid", SidKind::Service, sid)?;
+    Ok(Spi::connect_mut(|client| -> TotpResult<()> {
+        let table = db::exec(client, &DELETE, &[arg(sid)])?;
+        if table.is_empty() {
+            return Err(TotpError::ServiceNotFound {
+                sid: sid.to_string(),
+            });
+        }
+        Ok(())
+    })?)
+}
+
+/// What a per-user call needs from its service: defaults, limits, and deadlines from now.
+pub struct Service {
+    pub friendly_name: String,
+    pub issuer: Option<String>,
+    pub time_step: Option<i32>,
+    pub code_length: Option<i32>,
+    pub skew: Option<i32>,
+    pub max_factor_attempts: i32,
+    pub max_challenge_attempts: i32,
+    pub max_challenges_per_hour: i32,
+    pub max_challenges_per_day: i32,
+    pub max_short_code_challenges_per_day: i32,
+    pub max_factors_per_entity: i32,
+    pub max_factor_creations_per_day: i32,
+    /// now + challenge_ttl: a new challenge's default expiration_date.
+    pub default_expiry: TimestampWithTimeZone,
+    /// now + max_challenge_ttl: the latest expiration_date a caller may ask for.
+    pub latest_expiry: TimestampWithTimeZone,
+    /// now + unverified_factor_ttl: when a factor created now is gone unless verified.
+    pub unverified_until: TimestampWithTimeZone,
+}
+
+static LOAD: Sql = Sql {
+    text: "SELECT friendly_name, totp_issuer, totp_time_step, totp_code_length, totp_skew, \
+             max_factor_attempts, max_challenge_attempts, max_challenges_per_hour, \
+             max_challenges_per_day, max_short_code_challenges_per_day, max_factors_per_entity, \
+             max_factor_creations_per_day, $2 + challenge_ttl, $2 + max_challenge_ttl, \
+             $2 + unverified_factor_ttl \
+           FROM totp.services WHERE sid = $1",
+    params: &[TEXT, TIMESTAMPTZ],
+};
+
+/// Loads a service, or 20404.
+pub fn load(client: &mut SpiClient<'_>, sid: &str, now: Now) -> TotpResult<Service> {
+    let table = db::exec(client, &LOAD, &[arg(sid), arg(now.timestamptz())])?;
+    let row = db::first(table).ok_or_else(|| TotpError::ServiceNotFound {
+        sid: sid.to_string(),
+    })?;
+    Ok(Service {
+        friendly_name: db::req(&row, 1)?,
+        issuer: db::get(&row, 2)?,
+        time_step: db::get(&row, 3)?,
+        code_length: db::get(&row, 4)?,
+        skew: db::get(&row, 5)?,
+        max_factor_attempts: db::req(&row, 6)?,
+        max_challenge_attempts: db::req(&row, 7)?,
+        max_challenges_per_hour: db::req(&row, 8)?,
+        max_challenges_per_day: db::req(&row, 9)?,
+        max_short_code_challenges_per_day: db::req(&row, 10)?,
+        max_factors_per_entity: db::req(&row, 11)?,
+        max_factor_creations_per_day: db::req(&row, 12)?,
+        default_expiry: db::req(&row, 13)?,
+        latest_expiry: db::req(&row, 14)?,
+        unverified_until: db::req(&row, 15)?,
+    })
+}

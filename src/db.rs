@@ -1,0 +1,120 @@
+//! SPI plumbing: statements prepared once per backend and reused, and typed row access.
+//!
+//! Every statement names its relations schema-qualified and, on per-user tables, filters on
+//! `identity = $1` (SPEC §9). Plans are kept with SPI_keepplan, so a verification costs
+//! executions, not parses; Postgres's plan cache revalidates them after DDL.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::{PgBuiltInOids, PgOid};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+use pgrx::{FromDatum, IntoDatum};
+
+use crate::error::{TotpError, TotpResult};
+
+/// A statement and its parameter types.
+pub struct Sql {
+    pub text: &'static str,
+    pub params: &'static [PgOid],
+}
+
+pub const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+pub const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
+pub const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
+pub const BYTEA: PgOid = PgOid::BuiltIn(PgBuiltInOids::BYTEAOID);
+pub const JSONB: PgOid = PgOid::BuiltIn(PgBuiltInOids::JSONBOID);
+pub const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
+pub const INTERVAL: PgOid = PgOid::BuiltIn(PgBuiltInOids::INTERVALOID);
+
+thread_local! {
+    static PLANS: RefCell<HashMap<usize, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+fn plan(client: &SpiClient<'_>, sql: &'static Sql) -> TotpResult<Rc<OwnedPreparedStatement>> {
+    // Keyed by the address of the static text: each statement is one `static`.
+    let key = sql.text.as_ptr() as usize;
+    if let Some(plan) = PLANS.with(|plans| plans.borrow().get(&key).cloned()) {
+        return Ok(plan);
+    }
+    let plan = Rc::new(client.prepare_mut(sql.text, sql.params)?.keep());
+    PLANS.with(|plans| plans.borrow_mut().insert(key, plan.clone()));
+    Ok(plan)
+}
+
+/// Executes `sql` (read-write) with `args`.
+pub fn exec<'conn>(
+    client: &mut SpiClient<'conn>,
+    sql: &'static Sql,
+    args: &[DatumWithOid<'_>],
+) -> TotpResult<SpiTupleTable<'conn>> {
+    let plan = plan(client, sql)?;
+    Ok(client.update(&*plan, None, args)?)
+}
+
+/// Executes `sql` read-only (for STABLE functions).
+pub fn query<'conn>(
+    client: &SpiClient<'conn>,
+    sql: &'static Sql,
+    args: &[DatumWithOid<'_>],
+) -> TotpResult<SpiTupleTable<'conn>> {
+    let plan = plan(client, sql)?;
+    Ok(client.select(&*plan, None, args)?)
+}
+
+/// The first row of a result, if any.
+pub fn first(table: SpiTupleTable<'_>) -> Option<SpiTupleTable<'_>> {
+    if table.is_empty() {
+        None
+    } else {
+        Some(table.first())
+    }
+}
+
+/// Column `ordinal` (1-based) of the current row; NULL is `None`.
+pub fn get<T: FromDatum + IntoDatum>(
+    row: &SpiTupleTable<'_>,
+    ordinal: usize,
+) -> TotpResult<Option<T>> {
+    Ok(row.get::<T>(ordinal)?)
+}
+
+/// Column `ordinal` of the current row, which the schema declares NOT NULL.
+pub fn req<T: FromDatum + IntoDatum>(row: &SpiTupleTable<'_>, ordinal: usize) -> TotpResult<T> {
+    row.get::<T>(ordinal)?
+        .ok_or_else(|| TotpError::Internal(format!("column {ordinal} is unexpectedly NULL")))
+}
+
+/// Shorthand for a parameter.
+pub fn arg<'a, T: IntoDatum>(value: T) -> DatumWithOid<'a> {
+    DatumWithOid::from(value)
+}
+
+static COUNT_KEYS: Sql = Sql {
+    text: "SELECT pg_catalog.count(*) FROM totp_private.keys",
+    params: &[],
+};
+
+static RECORD_KEY: Sql = Sql {
+    text: "INSERT INTO totp_private.keys (key_id, state, date_created) \
+           VALUES ($1, 'current', pg_catalog.now()) ON CONFLICT (key_id) DO NOTHING",
+    params: &[INT8],
+};
+
+/// How many keys have ever sealed a secret in this database (key ids only; SPEC §8).
+pub fn count_keys() -> TotpResult<i64> {
+    pgrx::spi::Spi::connect_mut(|client| {
+        let table = exec(client, &COUNT_KEYS, &[])?;
+        Ok(first(table)
+            .map(|row| req::<i64>(&row, 1))
+            .transpose()?
+            .unwrap_or(0))
+    })
+}
+
+/// Notes that key `id` seals secrets here, so a lost key file is an error, not a new key.
+pub fn record_key(id: i64) -> TotpResult<()> {
+    pgrx::spi::Spi::connect_mut(|client| exec(client, &RECORD_KEY, &[arg(id)]).map(|_| ()))
+}

@@ -1,0 +1,241 @@
+//! Every refusal the extension can make, in one place: its SQLSTATE, Twilio's error number and
+//! the message. The README's error table is this file.
+//!
+//! Messages carry Twilio's number as `(Twilio 60390)` so gateways can map it to an HTTP status;
+//! DETAIL says what was looked for. Nothing here ever holds a secret or a submitted code: the
+//! variants have no field that could carry one.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::PgSqlErrorCode::{self, *};
+use totp_core::sid::SidKind;
+use totp_core::validate::Invalid;
+
+/// A refusal. Wrong codes are not here: they are results (`pending`, `unverified`).
+#[derive(Debug)]
+pub enum TotpError {
+    /// 20404: no such service.
+    ServiceNotFound { sid: String },
+    /// 60392 / 60390 / 60391: no such entity / factor / challenge in that service and identity.
+    NotFound {
+        kind: SidKind,
+        identity: String,
+        sid: Option<String>,
+    },
+    /// 60200 (service arguments) or 60306 (verify resources): an argument broke a rule.
+    Invalid { twilio: u32, invalid: Invalid },
+    /// 60301: `create_entity` for an identity the service already has.
+    EntityExists { identity: String },
+    /// 60315: the entity already has the maximum number of factors.
+    TooManyFactors { limit: i32 },
+    /// 60326: too many factors created for this entity in 24 hours.
+    FactorCreationRateLimited { limit: i32 },
+    /// 60310: too many wrong codes while verifying this factor.
+    FactorAttemptsExhausted { limit: i32 },
+    /// 60308: too many wrong codes on this challenge.
+    ChallengeAttemptsExhausted { limit: i32 },
+    /// 60312: too many challenges created for this factor in the window.
+    ChallengeCreationRateLimited { limit: i32, window: &'static str },
+    /// 60318: a challenge needs a verified factor.
+    FactorUnverified,
+    /// 60322: the challenge was already answered.
+    ChallengeResponded { status: String },
+    /// 60323: the challenge is past its `expiration_date`.
+    ChallengeExpired,
+    /// The key file named by `totp_verify.key_file` is missing, unreadable or malformed.
+    KeyFileUnavailable { reason: String },
+    /// A stored secret does not open with the key its row names: wrong key file, or the
+    /// ciphertext was moved from another row or altered.
+    SecretUndecryptable { key_id: i64 },
+    /// Something that cannot happen did (an SPI failure): a bug, reported as XX000.
+    Internal(String),
+}
+
+/// Result alias for the SQL-facing functions: `Err` becomes an ERROR with the right SQLSTATE.
+pub type TotpResult<T> = Result<T, TotpError>;
+
+impl TotpError {
+    /// An argument error on a verify resource (entity, factor, challenge): Twilio 60306.
+    pub fn invalid(invalid: Invalid) -> Self {
+        TotpError::Invalid {
+            twilio: 60306,
+            invalid,
+        }
+    }
+
+    /// An argument error on a service: Twilio 60200.
+    pub fn invalid_service(invalid: Invalid) -> Self {
+        TotpError::Invalid {
+            twilio: 60200,
+            invalid,
+        }
+    }
+
+    /// A required argument that was NULL.
+    pub fn required(field: &'static str) -> Self {
+        TotpError::invalid(Invalid::new(field, "is required"))
+    }
+
+    /// Twilio's error number, when there is one.
+    pub fn twilio_code(&self) -> Option<u32> {
+        Some(match self {
+            TotpError::ServiceNotFound { .. } => 20404,
+            TotpError::NotFound {
+                kind: SidKind::Entity,
+                ..
+            } => 60392,
+            TotpError::NotFound {
+                kind: SidKind::Factor,
+                ..
+            } => 60390,
+            TotpError::NotFound {
+                kind: SidKind::Challenge,
+                ..
+            } => 60391,
+            TotpError::NotFound {
+                kind: SidKind::Service,
+                ..
+            } => 20404,
+            TotpError::Invalid { twilio, .. } => *twilio,
+            TotpError::EntityExists { .. } => 60301,
+            TotpError::TooManyFactors { .. } => 60315,
+            TotpError::FactorCreationRateLimited { .. } => 60326,
+            TotpError::FactorAttemptsExhausted { .. } => 60310,
+            TotpError::ChallengeAttemptsExhausted { .. } => 60308,
+            TotpError::ChallengeCreationRateLimited { .. } => 60312,
+            TotpError::FactorUnverified => 60318,
+            TotpError::ChallengeResponded { .. } => 60322,
+            TotpError::ChallengeExpired => 60323,
+            TotpError::KeyFileUnavailable { .. }
+            | TotpError::SecretUndecryptable { .. }
+            | TotpError::Internal(_) => return None,
+        })
+    }
+
+    /// The SQLSTATE, chosen so a caller can branch on the class: P0002 not found, 22023 bad
+    /// argument, 23505 duplicate, 54000 a limit (Twilio's HTTP 429s and 60315), 55000 wrong
+    /// state, 58P01 key file, XX001 a secret that will not decrypt.
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        match self {
+            TotpError::ServiceNotFound { .. } | TotpError::NotFound { .. } => ERRCODE_NO_DATA_FOUND,
+            TotpError::Invalid { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            TotpError::EntityExists { .. } => ERRCODE_UNIQUE_VIOLATION,
+            TotpError::TooManyFactors { .. }
+            | TotpError::FactorCreationRateLimited { .. }
+            | TotpError::FactorAttemptsExhausted { .. }
+            | TotpError::ChallengeAttemptsExhausted { .. }
+            | TotpError::ChallengeCreationRateLimited { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            TotpError::FactorUnverified
+            | TotpError::ChallengeResponded { .. }
+            | TotpError::ChallengeExpired => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            TotpError::KeyFileUnavailable { .. } => ERRCODE_UNDEFINED_FILE,
+            TotpError::SecretUndecryptable { .. } => ERRCODE_DATA_CORRUPTED,
+            TotpError::Internal(_) => ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            TotpError::ServiceNotFound { .. } => "service not found".into(),
+            TotpError::NotFound { kind, .. } => format!("{} not found", kind.noun()),
+            TotpError::Invalid { invalid, .. } => format!("invalid {}", invalid.field),
+            TotpError::EntityExists { .. } => "entity already exists".into(),
+            TotpError::TooManyFactors { .. } => "entity has the maximum number of factors".into(),
+            TotpError::FactorCreationRateLimited { .. } => {
+                "too many factors created for this entity".into()
+            }
+            TotpError::FactorAttemptsExhausted { .. } => {
+                "factor verification attempts limit reached".into()
+            }
+            TotpError::ChallengeAttemptsExhausted { .. } => {
+                "challenge verification attempts limit reached".into()
+            }
+            TotpError::ChallengeCreationRateLimited { .. } => {
+                "challenge creation limit reached".into()
+            }
+            TotpError::FactorUnverified => "factor is unverified".into(),
+            TotpError::ChallengeResponded { .. } => "challenge already responded".into(),
+            TotpError::ChallengeExpired => "challenge expired".into(),
+            TotpError::KeyFileUnavailable { .. } => "totp_verify key file unavailable".into(),
+            TotpError::SecretUndecryptable { .. } => "factor secret cannot be decrypted".into(),
+            TotpError::Internal(_) => "totp_verify internal error".into(),
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            TotpError::ServiceNotFound { sid } => Some(format!("No service {sid}.")),
+            TotpError::NotFound { kind, identity, sid } => Some(match sid {
+                Some(sid) => format!("No {} {sid} for identity \"{identity}\" in this service.", kind.noun()),
+                None => format!("No entity with identity \"{identity}\" in this service."),
+            }),
+            TotpError::Invalid { invalid, .. } => Some(format!("{} {}.", invalid.field, invalid.rule)),
+            TotpError::EntityExists { identity } => {
+                Some(format!("The service already has an entity with identity \"{identity}\"."))
+            }
+            TotpError::TooManyFactors { limit } => Some(format!("The limit is {limit} factors per entity.")),
+            TotpError::FactorCreationRateLimited { limit } => {
+                Some(format!("The limit is {limit} factor creations per entity per 24 hours."))
+            }
+            TotpError::FactorAttemptsExhausted { limit } => {
+                Some(format!("{limit} wrong codes were submitted for this factor."))
+            }
+            TotpError::ChallengeAttemptsExhausted { limit } => {
+                Some(format!("{limit} wrong codes were submitted for this challenge."))
+            }
+            TotpError::ChallengeCreationRateLimited { limit, window } => {
+                Some(format!("The limit is {limit} challenges per factor per {window}."))
+            }
+            TotpError::FactorUnverified => Some("Verify the factor with totp.verify_factor first.".into()),
+            TotpError::ChallengeResponded { status } => Some(format!("The challenge is {status}.")),
+            TotpError::ChallengeExpired => Some("The challenge passed its expiration_date.".into()),
+            TotpError::KeyFileUnavailable { reason } => Some(reason.clone()),
+            TotpError::SecretUndecryptable { key_id } => Some(format!(
+                "The secret is sealed with key {key_id}, which the key file named by totp_verify.key_file \
+                 does not hold or which does not match this row."
+            )),
+            TotpError::Internal(what) => Some(what.clone()),
+        }
+    }
+
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            TotpError::FactorAttemptsExhausted { .. } => Some("Create a new factor."),
+            TotpError::ChallengeAttemptsExhausted { .. } | TotpError::ChallengeExpired => {
+                Some("Create a new challenge.")
+            }
+            TotpError::KeyFileUnavailable { .. } | TotpError::SecretUndecryptable { .. } => Some(
+                "Restore the key file the secrets were sealed with (see the README, \"Secrets at rest\").",
+            ),
+            _ => None,
+        }
+    }
+}
+
+impl From<TotpError> for ErrorReport {
+    fn from(error: TotpError) -> Self {
+        let message = match error.twilio_code() {
+            Some(code) => format!("{} (Twilio {code})", error.message()),
+            None => error.message(),
+        };
+        let mut report = ErrorReport::new(error.sqlstate(), message, "totp_verify");
+        if let Some(detail) = error.detail() {
+            report = report.set_detail(detail);
+        }
+        if let Some(hint) = error.hint() {
+            report = report.set_hint(hint);
+        }
+        report
+    }
+}
+
+impl From<pgrx::spi::SpiError> for TotpError {
+    fn from(error: pgrx::spi::SpiError) -> Self {
+        TotpError::Internal(format!("SPI: {error}"))
+    }
+}
+
+impl From<Invalid> for TotpError {
+    fn from(invalid: Invalid) -> Self {
+        TotpError::invalid(invalid)
+    }
+}

@@ -1,0 +1,50 @@
+//! totp_verify — Twilio Verify's TOTP model (services, entities, factors, challenges) inside
+//! PostgreSQL. This file is the table of contents.
+//!
+//! - `core/` (crate `totp_core`): pure RFC 4226/6238/4648 logic, URIs, SIDs, validation and
+//!   sealing, with no Postgres in it.
+//! - [`api`]: the SQL surface, one module per SQL noun.
+//! - [`error`]: every refusal, its SQLSTATE and Twilio code.
+//! - [`db`], [`clock`], [`keyring`], [`guc`]: SPI plumbing, the one clock reading per call,
+//!   the key file, and settings.
+//! - `sql/`: the schema (`bootstrap.sql`), trigger functions (`triggers.sql`), and
+//!   privileges and comments (`finalize.sql`).
+
+use pgrx::prelude::*;
+
+mod api;
+mod clock;
+mod db;
+mod error;
+mod guc;
+mod keyring;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!(
+    "../sql/triggers.sql",
+    name = "triggers",
+    requires = [has_recent_approval]
+);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[allow(clippy::module_inception)]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}
