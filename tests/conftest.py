@@ -1,0 +1,118 @@
+"""Shared fixtures for the client tests: a fresh database per test module with the extension
+created, connections as real clients (psycopg), and a real authenticator (oathtool).
+
+The cluster comes from scripts/test (PGHOST/PGPORT/PGUSER); the server runs as `postgres`.
+"""
+
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import os
+import re
+import struct
+import subprocess
+import time
+import uuid
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+
+def connect(dbname, **kwargs):
+    kwargs.setdefault("autocommit", True)
+    kwargs.setdefault("row_factory", dict_row)
+    return psycopg.connect(dbname=dbname, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def db(request):
+    """A new database with `CREATE EXTENSION totp_verify`, dropped after the module."""
+    name = "t_" + re.sub(r"\W", "_", request.module.__name__)[-40:] + "_" + uuid.uuid4().hex[:6]
+    with connect("postgres") as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    with connect(name) as c:
+        c.execute("CREATE EXTENSION totp_verify")
+    yield name
+    with connect("postgres") as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def conn(db):
+    with connect(db) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def refused(sqlstate, twilio=None):
+    """Asserts the block raises an ERROR with this SQLSTATE and Twilio code in the message."""
+    with pytest.raises(psycopg.Error) as info:
+        yield info
+    err = info.value
+    assert err.sqlstate == sqlstate, f"expected {sqlstate}, got {err.sqlstate}: {err}"
+    if twilio is not None:
+        assert f"(Twilio {twilio})" in err.diag.message_primary, err.diag.message_primary
+
+
+def oathtool(secret_b32, alg="sha1", digits=6, step=30, at=None):
+    """A code from oathtool, the authenticator app of these tests."""
+    at = at if at is not None else time.time()
+    when = dt.datetime.fromtimestamp(at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    out = subprocess.run(
+        ["oathtool", f"--totp={alg.upper()}", "-b", "-d", str(digits), "-s", f"{step}s",
+         "--now", when, secret_b32],
+        check=True, capture_output=True, text=True,
+    )
+    return out.stdout.strip()
+
+
+def rfc4226(secret: bytes, counter: int, digits: int, alg: str = "sha1") -> str:
+    """An independent RFC 4226 implementation (Python's hmac), for code lengths oathtool refuses."""
+    digest = hmac.new(secret, struct.pack(">Q", counter), getattr(hashlib, alg)).digest()
+    offset = digest[-1] & 0x0F
+    value = struct.unpack(">I", digest[offset:offset + 4])[0] & 0x7FFFFFFF
+    return str(value % 10 ** digits).zfill(digits)
+
+
+def wait_inside_step(step, margin=3):
+    """Sleeps past a step boundary if one is due within `margin` seconds, so a code computed
+    now is still current when the server checks it (needed where skew is 0)."""
+    left = step - (time.time() % step)
+    if left < margin:
+        time.sleep(left + 0.2)
+
+
+def wrong_code(right, digits=6):
+    return str((int(right) + 1) % 10 ** digits).zfill(digits)
+
+
+def new_service(conn, name="Acme", **kwargs):
+    args = ", ".join(f"{k} => %({k})s" for k in kwargs)
+    sql = f"SELECT * FROM totp.create_service(%(name)s{', ' + args if args else ''})"
+    return conn.execute(sql, {"name": name, **kwargs}).fetchone()
+
+
+def new_factor(conn, service_sid, identity, friendly_name="phone", **kwargs):
+    args = "".join(f", {k} => %({k})s" for k in kwargs)
+    sql = f"SELECT * FROM totp.create_factor(%(s)s, %(i)s, %(n)s{args})"
+    return conn.execute(sql, {"s": service_sid, "i": identity, "n": friendly_name, **kwargs}).fetchone()
+
+
+def verified_factor(conn, service_sid, identity, **kwargs):
+    """Creates a factor and verifies it with a code of the *previous* step (accepted with skew
+    >= 1), leaving the current and next steps free for challenges."""
+    factor = new_factor(conn, service_sid, identity, **kwargs)
+    step, digits, alg = factor["time_step"], factor["code_length"], factor["alg"]
+    at = time.time() - (step if factor["skew"] >= 1 else 0)
+    code = oathtool(factor["binding_secret"], alg, digits, step, at)
+    row = conn.execute(
+        "SELECT * FROM totp.verify_factor(%s, %s, %s, %s)", (service_sid, identity, factor["sid"], code)
+    ).fetchone()
+    assert row["status"] == "verified"
+    return factor
+
+
+def pytest_report_header(config):
+    return f"cluster: host={os.environ.get('PGHOST')} port={os.environ.get('PGPORT')}"
