@@ -3,7 +3,8 @@
 -- Layout:
 --   totp.services                 table: configuration and limits (read-mostly, no counters)
 --   totp.entities                 table: one row per (identity, service)
---   totp_private.factors          table: factors, their sealed secrets and their counters
+--   totp_private.factors          table: factors and their counters
+--   totp_private.factor_secrets   table: each factor's sealed secret
 --   totp_private.challenges       table: challenges and their attempt counters
 --   totp.factors, totp.challenges views: what applications read; never a secret
 --
@@ -85,16 +86,26 @@ CREATE TABLE totp_private.factors (
     challenges_in_hour           integer     NOT NULL DEFAULT 0,
     challenge_day_start          timestamptz,
     challenges_in_day            integer     NOT NULL DEFAULT 0,
-    -- The secret, sealed with AES-256-GCM under key secret_key_id, the factor SID as associated data.
-    secret_key_id                bigint      NOT NULL,
-    secret_sealed                bytea       NOT NULL,
     PRIMARY KEY (identity, sid),
     FOREIGN KEY (identity, entity_sid) REFERENCES totp.entities (identity, sid) ON DELETE CASCADE
 );
 CREATE INDEX factors_service_sid ON totp_private.factors (service_sid);
 CREATE INDEX factors_unverified_until ON totp_private.factors (unverified_until)
     WHERE unverified_until IS NOT NULL;
-CREATE INDEX factors_secret_key_id ON totp_private.factors (secret_key_id);
+
+-- The secret of each factor, sealed with AES-256-GCM under key key_id, the factor SID as
+-- associated data. Apart from the factor row so that key rotation rewrites these rows without
+-- locking the factor rows verifications lock: a verification reads the last committed
+-- ciphertext, which the old key (kept until unused) still opens.
+CREATE TABLE totp_private.factor_secrets (
+    identity                     text        NOT NULL,
+    factor_sid                   text        NOT NULL,
+    key_id                       bigint      NOT NULL,
+    sealed                       bytea       NOT NULL,
+    PRIMARY KEY (identity, factor_sid),
+    FOREIGN KEY (identity, factor_sid) REFERENCES totp_private.factors (identity, sid) ON DELETE CASCADE
+);
+CREATE INDEX factor_secrets_key_id ON totp_private.factor_secrets (key_id);
 
 CREATE TABLE totp_private.challenges (
     identity                     text        NOT NULL,
@@ -130,7 +141,9 @@ CREATE INDEX challenges_approved ON totp_private.challenges (identity, service_s
 -- (SPEC §8: the key never lives in a table); lets rotation and a missing key file be told apart.
 CREATE TABLE totp_private.keys (
     key_id                       bigint      NOT NULL PRIMARY KEY,
-    state                        text        NOT NULL CHECK (state IN ('current', 'retired')),
+    -- current: seals new secrets; previous: still in the key file for secrets not yet re-sealed;
+    -- retired: removed from the key file once no secret used it.
+    state                        text        NOT NULL CHECK (state IN ('current', 'previous', 'retired')),
     date_created                 timestamptz NOT NULL
 );
 
@@ -160,5 +173,6 @@ CREATE TYPE totp.new_factor AS (
 SELECT pg_catalog.pg_extension_config_dump('totp.services', '');
 SELECT pg_catalog.pg_extension_config_dump('totp.entities', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.factors', '');
+SELECT pg_catalog.pg_extension_config_dump('totp_private.factor_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.challenges', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.keys', '');

@@ -92,29 +92,8 @@ pub fn arg<'a, T: IntoDatum>(value: T) -> DatumWithOid<'a> {
     DatumWithOid::from(value)
 }
 
-static COUNT_KEYS: Sql = Sql {
-    text: "SELECT pg_catalog.count(*) FROM totp_private.keys",
-    params: &[],
-};
-
-static RECORD_KEY: Sql = Sql {
-    text: "INSERT INTO totp_private.keys (key_id, state, date_created) \
-           VALUES ($1, 'current', pg_catalog.now()) ON CONFLICT (key_id) DO NOTHING",
-    params: &[INT8],
-};
-
-/// How many keys have ever sealed a secret in this database (key ids only; SPEC §8).
-pub fn count_keys() -> TotpResult<i64> {
-    pgrx::spi::Spi::connect_mut(|client| {
-        let table = exec(client, &COUNT_KEYS, &[])?;
-        Ok(first(table)
-            .map(|row| req::<i64>(&row, 1))
-            .transpose()?
-            .unwrap_or(0))
-    })
-}
-
-/// Notes that key `id` seals secrets here, so a lost key file is an error, not a new key.
-pub fn record_key(id: i64) -> TotpResult<()> {
-    pgrx::spi::Spi::connect_mut(|client| exec(client, &RECORD_KEY, &[arg(id)]).map(|_| ()))
+/// Column `ordinal` of a row from an iterated result, which the schema declares NOT NULL.
+pub fn req_at<T: FromDatum + IntoDatum>(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> TotpResult<T> {
+    row.get::<T>(ordinal)?
+        .ok_or_else(|| TotpError::Internal(format!("column {ordinal} is unexpectedly NULL")))
 }

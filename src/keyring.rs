@@ -15,7 +15,9 @@ use totp_core::keyfile::{self, Key};
 use totp_core::sealed;
 use zeroize::Zeroizing;
 
-use crate::db;
+use pgrx::spi::SpiClient;
+
+use crate::db::{self, Sql, INT8};
 use crate::error::{TotpError, TotpResult};
 use crate::guc;
 
@@ -99,8 +101,16 @@ pub fn forget() {
     LOADED.with(|cell| *cell.borrow_mut() = None);
 }
 
-fn create_first_key(path: &std::path::Path) -> TotpResult<()> {
-    let used: i64 = db::count_keys()?;
+static COUNT_KEYS: Sql = Sql { text: "SELECT pg_catalog.count(*) FROM totp_private.keys", params: &[] };
+
+static RECORD_KEY: Sql = Sql {
+    text: "INSERT INTO totp_private.keys (key_id, state, date_created) \
+           VALUES ($1, 'current', pg_catalog.now()) ON CONFLICT (key_id) DO NOTHING",
+    params: &[INT8],
+};
+
+fn create_first_key(client: &mut SpiClient<'_>, path: &std::path::Path) -> TotpResult<()> {
+    let used: i64 = db::req(&db::exec(client, &COUNT_KEYS, &[])?.first(), 1)?;
     if used > 0 {
         return Err(unavailable(
             path,
@@ -132,6 +142,16 @@ fn create_first_key(path: &std::path::Path) -> TotpResult<()> {
 /// Runs `f` over the loaded keys, (re)reading the file when it is not loaded, when the path
 /// changed, or when `fresh` asks for a check that the file has not changed since.
 fn with_keys<T>(fresh: bool, f: impl FnOnce(&[(i64, Key)]) -> T) -> TotpResult<T> {
+    with_keys_creating(None, fresh, f)
+}
+
+/// As [`with_keys`]; with a client, a missing default key file is created first (see
+/// [`create_first_key`]).
+fn with_keys_creating<T>(
+    client: Option<&mut SpiClient<'_>>,
+    fresh: bool,
+    f: impl FnOnce(&[(i64, Key)]) -> T,
+) -> TotpResult<T> {
     let path = key_file_path();
     let stale = LOADED.with(|cell| match cell.borrow().as_ref() {
         None => true,
@@ -142,8 +162,8 @@ fn with_keys<T>(fresh: bool, f: impl FnOnce(&[(i64, Key)]) -> T) -> TotpResult<T
         Some(_) => false,
     });
     if stale {
-        if !path.exists() && guc::key_file().is_none() {
-            create_first_key(&path)?;
+        if let Some(client) = client.filter(|_| !path.exists() && guc::key_file().is_none()) {
+            create_first_key(client, &path)?;
         }
         let loaded = read(&path)?;
         LOADED.with(|cell| *cell.borrow_mut() = Some(loaded));
@@ -151,9 +171,10 @@ fn with_keys<T>(fresh: bool, f: impl FnOnce(&[(i64, Key)]) -> T) -> TotpResult<T
     Ok(LOADED.with(|cell| f(&cell.borrow().as_ref().expect("loaded above").keys)))
 }
 
-/// The current key (the file's last), checking first that the file has not been rotated.
-pub fn current() -> TotpResult<(i64, Key)> {
-    with_keys(true, |keys| {
+/// The current key (the file's last), checking first that the file has not been rotated, and
+/// creating the file on first use.
+pub fn current(client: &mut SpiClient<'_>) -> TotpResult<(i64, Key)> {
+    with_keys_creating(Some(client), true, |keys| {
         let (id, key) = keys
             .last()
             .expect("a parsed key file holds at least one key");
@@ -183,9 +204,9 @@ pub fn by_id(id: i64) -> TotpResult<Key> {
 }
 
 /// Seals a secret for `factor_sid` under the current key: (key id, sealed bytes).
-pub fn seal(factor_sid: &str, secret: &[u8]) -> TotpResult<(i64, Vec<u8>)> {
-    let (id, key) = current()?;
-    db::record_key(id)?;
+pub fn seal(client: &mut SpiClient<'_>, factor_sid: &str, secret: &[u8]) -> TotpResult<(i64, Vec<u8>)> {
+    let (id, key) = current(client)?;
+    db::exec(client, &RECORD_KEY, &[db::arg(id)])?;
     Ok((id, sealed::seal(&key, factor_sid.as_bytes(), secret)))
 }
 

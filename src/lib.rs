@@ -8,7 +8,7 @@
 //! - [`db`], [`clock`], [`keyring`], [`guc`]: SPI plumbing, the one clock reading per call,
 //!   the key file, and settings.
 //! - `sql/`: the schema (`bootstrap.sql`), trigger functions (`triggers.sql`), and
-//!   privileges and comments (`finalize.sql`).
+//!   privileges (`finalize.sql`), and `COMMENT`s (`comments.sql`).
 
 use pgrx::prelude::*;
 
@@ -28,6 +28,7 @@ extension_sql_file!(
     requires = [has_recent_approval]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+extension_sql_file!("../sql/comments.sql", name = "comments", requires = ["finalize"]);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -77,7 +77,7 @@ mod tests {
         assert_eq!(status, "approved");
     }
 
-    #[pg_test]
+    #[pg_test(error = "factor secret cannot be decrypted")]
     fn secrets_are_sealed_and_bound_to_their_row() {
         let service: String = one("SELECT sid FROM totp.create_service('Acme')");
         Spi::run(&format!(
@@ -85,10 +85,42 @@ mod tests {
         ))
         .unwrap();
         let leaked: bool = one(
-            "SELECT bool_or(position('12345678901234567890'::bytea in secret_sealed) > 0) \
-             FROM totp_private.factors",
+            "SELECT bool_or(position('12345678901234567890'::bytea in sealed) > 0) \
+             FROM totp_private.factor_secrets",
         );
         assert!(!leaked);
+        // Moving a ciphertext onto another factor makes that factor fail loudly, not verify.
+        Spi::run(&format!("SELECT totp.create_factor('{service}', 'u1', 'b')")).unwrap();
+        Spi::run(
+            "UPDATE totp_private.factor_secrets t SET sealed = s.sealed, key_id = s.key_id \
+             FROM totp_private.factor_secrets s WHERE s.factor_sid <> t.factor_sid \
+               AND s.factor_sid = (SELECT min(factor_sid) FROM totp_private.factor_secrets)",
+        )
+        .unwrap();
+        let victim: String = one("SELECT max(factor_sid) FROM totp_private.factor_secrets");
+        Spi::run(&format!("SELECT totp.verify_factor('{service}', 'u1', '{victim}', '123456')")).unwrap();
+    }
+
+    #[pg_test]
+    fn rotation_reseals_every_secret_and_codes_still_verify() {
+        let service: String = one("SELECT sid FROM totp.create_service('Acme')");
+        let secret = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+        let factor: String =
+            one(&format!("SELECT sid FROM totp.create_factor('{service}', 'u1', 'a', secret => '{secret}')"));
+        let old_key: i64 = one("SELECT key_id FROM totp_private.factor_secrets");
+        let (new_key, resealed): (Option<i64>, Option<i64>) =
+            Spi::get_two("SELECT new_key_id, resealed FROM totp.rotate_key()").unwrap();
+        assert_eq!(resealed, Some(1));
+        assert_ne!(new_key, Some(old_key));
+        let under_new: bool = one(&format!(
+            "SELECT bool_and(key_id = {}) FROM totp_private.factor_secrets",
+            new_key.unwrap()
+        ));
+        assert!(under_new);
+        let code: String = one(&format!("SELECT totp.totp_code(totp.base32_decode('{secret}'))"));
+        let status: String =
+            one(&format!("SELECT status FROM totp.verify_factor('{service}', 'u1', '{factor}', '{code}')"));
+        assert_eq!(status, "verified");
     }
 
     #[pg_test(error = "service not found (Twilio 20404)")]

@@ -130,3 +130,16 @@ fn otpauth_uri(
     .render();
     Ok(Some(uri))
 }
+
+/// A standalone SVG QR code of `text` (e.g. a `binding_uri`), so an application can show it
+/// without a QR library. Medium error correction, a 4-module quiet zone, at least 256 px.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn qr_svg(text: &str) -> Result<String, ErrorReport> {
+    let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M)
+        .map_err(|e| TotpError::invalid_service(Invalid::new("text", format!("cannot be a QR code: {e}"))))?;
+    Ok(code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(256, 256)
+        .quiet_zone(true)
+        .build())
+}

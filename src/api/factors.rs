@@ -82,33 +82,24 @@ static COUNT_FACTORS: Sql = Sql {
 };
 
 static INSERT: Sql = Sql {
-    text:
-        "INSERT INTO totp_private.factors (identity, sid, service_sid, entity_sid, friendly_name, \
+    text: "INSERT INTO totp_private.factors (identity, sid, service_sid, entity_sid, friendly_name, \
              alg, code_length, time_step, skew, metadata, date_created, date_updated, \
-             unverified_until, secret_key_id, secret_sealed) \
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14)",
-    params: &[
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        INT4,
-        INT4,
-        INT4,
-        JSONB,
-        TIMESTAMPTZ,
-        TIMESTAMPTZ,
-        INT8,
-        BYTEA,
-    ],
+             unverified_until) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
+    params: &[TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, INT4, INT4, INT4, JSONB, TIMESTAMPTZ, TIMESTAMPTZ],
 };
 
+static INSERT_SECRET: Sql = Sql {
+    text: "INSERT INTO totp_private.factor_secrets (identity, factor_sid, key_id, sealed) \
+           VALUES ($1, $2, $3, $4)",
+    params: &[TEXT, TEXT, INT8, BYTEA],
+};
+
+// The binding travels as parameters, which no log records (unlike statement text).
 static SELECT_NEW: Sql = Sql {
-    text: "SELECT ROW(f.*, NULL::text, NULL::text)::totp.new_factor FROM totp.factors f \
+    text: "SELECT ROW(f.*, $3, $4)::totp.new_factor FROM totp.factors f \
            WHERE f.identity = $1 AND f.sid = $2",
-    params: &[TEXT, TEXT],
+    params: &[TEXT, TEXT, TEXT, TEXT],
 };
 
 static SELECT_ROW: Sql = Sql {
@@ -197,7 +188,7 @@ fn create_factor(
         let time_step = time_step.or(service.time_step).unwrap_or(DEFAULT_TIME_STEP);
         let skew = skew.or(service.skew).unwrap_or(DEFAULT_SKEW);
         let factor_sid = sid::generate(SidKind::Factor);
-        let (key_id, sealed) = keyring::seal(&factor_sid, &secret)?;
+        let (key_id, sealed) = keyring::seal(client, &factor_sid, &secret)?;
         db::exec(
             client,
             &INSERT,
@@ -214,10 +205,9 @@ fn create_factor(
                 arg(metadata),
                 arg(now.timestamptz()),
                 arg(service.unverified_until),
-                arg(key_id),
-                arg(sealed),
             ],
         )?;
+        db::exec(client, &INSERT_SECRET, &[arg(identity), arg(factor_sid.as_str()), arg(key_id), arg(sealed)])?;
         events::send(
             client,
             Event::FactorCreated,
@@ -242,14 +232,9 @@ fn create_factor(
         let table = db::exec(
             client,
             &SELECT_NEW,
-            &[arg(identity), arg(factor_sid.as_str())],
+            &[arg(identity), arg(factor_sid.as_str()), arg(binding_secret.as_str()), arg(binding_uri)],
         )?;
-        let mut new_factor: NewFactorRow = db::req(&table.first(), 1)?;
-        new_factor
-            .set_by_name("binding_secret", binding_secret)
-            .and_then(|_| new_factor.set_by_name("binding_uri", binding_uri))
-            .map_err(|e| TotpError::Internal(e.to_string()))?;
-        Ok(new_factor)
+        db::req(&table.first(), 1)
     })?)
 }
 
@@ -271,14 +256,17 @@ pub struct LockedFactor {
     sealed: Vec<u8>,
 }
 
+// Locks the factor row only: the secret row is read as last committed, so a key rotation in
+// progress never blocks a verification.
 static LOCK: Sql = Sql {
-    text: "SELECT entity_sid, status, alg, code_length, time_step, skew, last_step, \
-             failed_verifications, challenge_hour_start, challenges_in_hour, challenge_day_start, \
-             challenges_in_day, secret_key_id, secret_sealed \
-           FROM totp_private.factors \
-           WHERE identity = $1 AND sid = $2 AND service_sid = $3 \
-             AND (unverified_until IS NULL OR unverified_until > $4) \
-           FOR UPDATE",
+    text: "SELECT f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
+             f.failed_verifications, f.challenge_hour_start, f.challenges_in_hour, \
+             f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed \
+           FROM totp_private.factors f \
+           JOIN totp_private.factor_secrets s ON s.identity = f.identity AND s.factor_sid = f.sid \
+           WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 AND s.identity = $1 \
+             AND (f.unverified_until IS NULL OR f.unverified_until > $4) \
+           FOR UPDATE OF f",
     params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ],
 };
 

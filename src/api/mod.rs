@@ -10,6 +10,7 @@ pub mod codes;
 pub mod entities;
 pub mod events;
 pub mod factors;
+pub mod keys;
 pub mod maintenance;
 pub mod services;
 
