@@ -10,8 +10,8 @@ DECLARE
     entity_identity text;
 BEGIN
     IF TG_NARGS <> 2 OR TG_OP <> 'DELETE' OR TG_LEVEL <> 'ROW' THEN
-        RAISE EXCEPTION 'totp.forget_entity() must be an AFTER DELETE ... FOR EACH ROW trigger with arguments (service_sid, identity_column)'
-            USING ERRCODE = '22023', DETAIL = 'Twilio 60200';
+        RAISE EXCEPTION 'totp.forget_entity() must be an AFTER DELETE ... FOR EACH ROW trigger with arguments (service_sid, identity_column) (Twilio 60200)'
+            USING ERRCODE = '22023';
     END IF;
     row_json := pg_catalog.to_jsonb(OLD);
     IF NOT row_json ? TG_ARGV[1] THEN
@@ -34,10 +34,15 @@ DECLARE
     entity_identity text;
 BEGIN
     IF TG_NARGS <> 3 OR TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'ROW' THEN
-        RAISE EXCEPTION 'totp.require_approval() must be a BEFORE ... FOR EACH ROW trigger with arguments (service_sid, identity_column, max_age)'
-            USING ERRCODE = '22023', DETAIL = 'Twilio 60200';
+        RAISE EXCEPTION 'totp.require_approval() must be a BEFORE ... FOR EACH ROW trigger with arguments (service_sid, identity_column, max_age) (Twilio 60200)'
+            USING ERRCODE = '22023';
     END IF;
-    max_age := TG_ARGV[2]::interval;
+    BEGIN
+        max_age := TG_ARGV[2]::interval;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'totp.require_approval(): max_age % is not an interval (Twilio 60200)', pg_catalog.quote_literal(TG_ARGV[2])
+            USING ERRCODE = '22023';
+    END;
     -- Every identity the write touches must have stepped up: the row's owner before and after.
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         IF NOT pg_catalog.to_jsonb(NEW) ? TG_ARGV[1] THEN

@@ -27,7 +27,6 @@ pub const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
 pub const BYTEA: PgOid = PgOid::BuiltIn(PgBuiltInOids::BYTEAOID);
 pub const JSONB: PgOid = PgOid::BuiltIn(PgBuiltInOids::JSONBOID);
 pub const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
-pub const INTERVAL: PgOid = PgOid::BuiltIn(PgBuiltInOids::INTERVALOID);
 
 thread_local! {
     static PLANS: RefCell<HashMap<usize, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
@@ -93,7 +92,10 @@ pub fn arg<'a, T: IntoDatum>(value: T) -> DatumWithOid<'a> {
 }
 
 /// Column `ordinal` of a row from an iterated result, which the schema declares NOT NULL.
-pub fn req_at<T: FromDatum + IntoDatum>(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> TotpResult<T> {
+pub fn req_at<T: FromDatum + IntoDatum>(
+    row: &pgrx::spi::SpiHeapTupleData<'_>,
+    ordinal: usize,
+) -> TotpResult<T> {
     row.get::<T>(ordinal)?
         .ok_or_else(|| TotpError::Internal(format!("column {ordinal} is unexpectedly NULL")))
 }

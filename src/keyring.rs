@@ -101,7 +101,10 @@ pub fn forget() {
     LOADED.with(|cell| *cell.borrow_mut() = None);
 }
 
-static COUNT_KEYS: Sql = Sql { text: "SELECT pg_catalog.count(*) FROM totp_private.keys", params: &[] };
+static COUNT_KEYS: Sql = Sql {
+    text: "SELECT pg_catalog.count(*) FROM totp_private.keys",
+    params: &[],
+};
 
 static RECORD_KEY: Sql = Sql {
     text: "INSERT INTO totp_private.keys (key_id, state, date_created) \
@@ -204,7 +207,11 @@ pub fn by_id(id: i64) -> TotpResult<Key> {
 }
 
 /// Seals a secret for `factor_sid` under the current key: (key id, sealed bytes).
-pub fn seal(client: &mut SpiClient<'_>, factor_sid: &str, secret: &[u8]) -> TotpResult<(i64, Vec<u8>)> {
+pub fn seal(
+    client: &mut SpiClient<'_>,
+    factor_sid: &str,
+    secret: &[u8],
+) -> TotpResult<(i64, Vec<u8>)> {
     let (id, key) = current(client)?;
     db::exec(client, &RECORD_KEY, &[db::arg(id)])?;
     Ok((id, sealed::seal(&key, factor_sid.as_bytes(), secret)))

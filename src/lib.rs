@@ -5,10 +5,14 @@
 //!   sealing, with no Postgres in it.
 //! - [`api`]: the SQL surface, one module per SQL noun.
 //! - [`error`]: every refusal, its SQLSTATE and Twilio code.
-//! - [`db`], [`clock`], [`keyring`], [`guc`]: SPI plumbing, the one clock reading per call,
-//!   the key file, and settings.
+//! - [`db`], [`clock`], [`keyring`], [`guc`], [`jsonb`]: SPI plumbing, the one clock reading
+//!   per call, the key file, settings, and exact `jsonb` arguments.
 //! - `sql/`: the schema (`bootstrap.sql`), trigger functions (`triggers.sql`), and
 //!   privileges (`finalize.sql`), and `COMMENT`s (`comments.sql`).
+
+// SQL-facing functions return `Result<_, ErrorReport>` because that is how pgrx raises an ERROR
+// with our SQLSTATE; the report is large, but it is built once, on the way out.
+#![allow(clippy::result_large_err)]
 
 use pgrx::prelude::*;
 
@@ -17,6 +21,7 @@ mod clock;
 mod db;
 mod error;
 mod guc;
+mod jsonb;
 mod keyring;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -28,7 +33,11 @@ extension_sql_file!(
     requires = [has_recent_approval]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
-extension_sql_file!("../sql/comments.sql", name = "comments", requires = ["finalize"]);
+extension_sql_file!(
+    "../sql/comments.sql",
+    name = "comments",
+    requires = ["finalize"]
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -90,7 +90,10 @@ mod tests {
         );
         assert!(!leaked);
         // Moving a ciphertext onto another factor makes that factor fail loudly, not verify.
-        Spi::run(&format!("SELECT totp.create_factor('{service}', 'u1', 'b')")).unwrap();
+        Spi::run(&format!(
+            "SELECT totp.create_factor('{service}', 'u1', 'b')"
+        ))
+        .unwrap();
         Spi::run(
             "UPDATE totp_private.factor_secrets t SET sealed = s.sealed, key_id = s.key_id \
              FROM totp_private.factor_secrets s WHERE s.factor_sid <> t.factor_sid \
@@ -98,15 +101,19 @@ mod tests {
         )
         .unwrap();
         let victim: String = one("SELECT max(factor_sid) FROM totp_private.factor_secrets");
-        Spi::run(&format!("SELECT totp.verify_factor('{service}', 'u1', '{victim}', '123456')")).unwrap();
+        Spi::run(&format!(
+            "SELECT totp.verify_factor('{service}', 'u1', '{victim}', '123456')"
+        ))
+        .unwrap();
     }
 
     #[pg_test]
     fn rotation_reseals_every_secret_and_codes_still_verify() {
         let service: String = one("SELECT sid FROM totp.create_service('Acme')");
         let secret = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
-        let factor: String =
-            one(&format!("SELECT sid FROM totp.create_factor('{service}', 'u1', 'a', secret => '{secret}')"));
+        let factor: String = one(&format!(
+            "SELECT sid FROM totp.create_factor('{service}', 'u1', 'a', secret => '{secret}')"
+        ));
         let old_key: i64 = one("SELECT key_id FROM totp_private.factor_secrets");
         let (new_key, resealed): (Option<i64>, Option<i64>) =
             Spi::get_two("SELECT new_key_id, resealed FROM totp.rotate_key()").unwrap();
@@ -117,9 +124,12 @@ mod tests {
             new_key.unwrap()
         ));
         assert!(under_new);
-        let code: String = one(&format!("SELECT totp.totp_code(totp.base32_decode('{secret}'))"));
-        let status: String =
-            one(&format!("SELECT status FROM totp.verify_factor('{service}', 'u1', '{factor}', '{code}')"));
+        let code: String = one(&format!(
+            "SELECT totp.totp_code(totp.base32_decode('{secret}'))"
+        ));
+        let status: String = one(&format!(
+            "SELECT status FROM totp.verify_factor('{service}', 'u1', '{factor}', '{code}')"
+        ));
         assert_eq!(status, "verified");
     }
 

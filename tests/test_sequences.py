@@ -7,16 +7,15 @@ RFC 4226 implementation, over a caller-supplied secret.
 """
 
 import base64
-import hashlib
 import concurrent.futures
 import datetime as dt
+import hashlib
 import re
 import threading
 import time
 import urllib.parse
 import uuid
 
-import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
@@ -501,6 +500,43 @@ def test_caller_secret_under_128_bits_refused(conn):
     assert short.rstrip("=") not in (info.value.diag.message_detail or "")
 
 
+def test_binding_uri_percent_encodes_issuer_and_account(conn):
+    svc = service(conn, "Acme: R&D")
+    f = factor(conn, svc, ident(), "Jane's a:b phone")
+    assert f["binding_uri"] == (
+        "otpauth://totp/Acme%3A%20R%26D:Jane%27s%20a%3Ab%20phone"
+        f"?secret={f['binding_secret']}&issuer=Acme%3A%20R%26D&algorithm=SHA1&digits=6&period=30")
+
+
+def test_verify_factor_on_verified_factor_returns_row_unchanged(conn):
+    svc = service(conn, "Twice")
+    identity = ident()
+    f = verified(conn, svc, identity)
+    before = conn.execute("SELECT * FROM totp.factors WHERE sid = %s", (f["sid"],)).fetchone()
+    for payload in (fresh_code(f, 0), "000000", "123"):
+        assert verify(conn, svc, identity, f, payload) == before
+    # The code shown to the verified factor above was not consumed: it approves a challenge.
+    assert challenge(conn, svc, identity, f, fresh_code(f, 0))["status"] == "approved"
+
+
+UPDATES = [{"code_length": 8}, {"alg": "sha512"}, {"time_step": 20}, {"time_step": 60},
+           {"alg": "sha256", "code_length": 7, "time_step": 45}]
+
+
+@pytest.mark.parametrize("change", UPDATES, ids=["code_length=8", "alg=sha512", "time_step=20",
+                                                 "time_step=60", "sha256-7-45"])
+def test_update_factor_settings_take_effect(conn, change):
+    """update_factor (Twilio POST /Factors/{sid} with Config) changes the codes the factor
+    expects: a code from an app holding the new settings approves the next challenge."""
+    svc = service(conn, "Reconfigure")
+    identity = ident()
+    f = verified(conn, svc, identity)  # sha1, 6 digits, 30 s
+    row = call(conn, "update_factor", svc["sid"], identity, f["sid"], **change)
+    assert all(row[k] == v for k, v in change.items())
+    g = {**f, **change}
+    assert challenge(conn, svc, identity, g, fresh_code(g, 0))["status"] == "approved"
+
+
 # ---------------------------------------------------------------------------------------------
 # every function, positionally and by name
 
@@ -619,6 +655,12 @@ def counts(conn, where, params):
     }
 
 
+def secrets_of(conn, identities):
+    """Sealed secrets stored for these identities (test-only look into the private schema)."""
+    return conn.execute("SELECT count(*) AS n FROM totp_private.factor_secrets WHERE identity = ANY(%s)",
+                        (list(identities),)).fetchone()["n"]
+
+
 def populated(conn, name):
     """A service with two identities, each with a verified and an unverified factor and
     challenges; returns (service, identities, factors by identity)."""
@@ -640,8 +682,11 @@ def test_delete_service_cascades(conn):
     before = counts(conn, "service_sid = %s", (svc["sid"],))
     assert before == {"totp.entities": 2, "totp.factors": 4, "totp.challenges": 4,
                       "totp_private.factors": 4, "totp_private.challenges": 4}
+    assert secrets_of(conn, people) == 4
     call(conn, "delete_service", svc["sid"])
     assert set(counts(conn, "service_sid = %s", (svc["sid"],)).values()) == {0}
+    assert secrets_of(conn, people) == 0, "sealed secrets left behind"
+    assert secrets_of(conn, other_people) == 4
     assert counts(conn, "service_sid = %s", (other["sid"],)) == before
     with refused("P0002", 20404):
         call(conn, "create_entity", svc["sid"], people[0])
@@ -651,6 +696,7 @@ def test_delete_entity_cascades(conn):
     svc, (a, b), factors = populated(conn, "Del entity")
     call(conn, "delete_entity", svc["sid"], a)
     assert set(counts(conn, "identity = %s", (a,)).values()) == {0}
+    assert secrets_of(conn, [a]) == 0 and secrets_of(conn, [b]) == 2
     assert counts(conn, "identity = %s", (b,)) == {
         "totp.entities": 1, "totp.factors": 2, "totp.challenges": 2,
         "totp_private.factors": 2, "totp_private.challenges": 2}
@@ -662,7 +708,8 @@ def test_delete_factor_cascades(conn):
     svc, (a, b), factors = populated(conn, "Del factor")
     f, u = factors[a]
     call(conn, "delete_factor", svc["sid"], a, f["sid"])
-    assert counts(conn, "factor_sid = %s", (f["sid"],))["totp.challenges"] == 0
+    assert conn.execute("SELECT count(*) AS n FROM totp.challenges WHERE factor_sid = %s",
+                        (f["sid"],)).fetchone()["n"] == 0
     assert conn.execute("SELECT count(*) AS n FROM totp_private.challenges WHERE factor_sid = %s",
                         (f["sid"],)).fetchone()["n"] == 0
     assert conn.execute("SELECT count(*) AS n FROM totp.factors WHERE identity = %s",
@@ -670,6 +717,8 @@ def test_delete_factor_cascades(conn):
     assert counts(conn, "identity = %s", (b,))["totp.challenges"] == 2
     with refused("P0002", 60390):
         call(conn, "create_challenge", svc["sid"], a, f["sid"])
+    assert secrets_of(conn, [a]) == 1
     call(conn, "delete_factor", svc["sid"], a, u["sid"])
+    assert secrets_of(conn, [a]) == 0
     assert conn.execute("SELECT count(*) AS n FROM totp_private.factors WHERE identity = %s",
                         (a,)).fetchone()["n"] == 0

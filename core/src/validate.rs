@@ -87,6 +87,24 @@ pub fn in_range(field: &'static str, value: i32, (min, max): (i32, i32)) -> Chec
     Ok(value as u32)
 }
 
+/// The optional TOTP settings of a service or factor: each within Twilio's range when given.
+pub fn settings(
+    time_step: Option<i32>,
+    code_length: Option<i32>,
+    skew: Option<i32>,
+) -> Checked<()> {
+    for (field, value, range) in [
+        ("time_step", time_step, TIME_STEP),
+        ("code_length", code_length, CODE_LENGTH),
+        ("skew", skew, SKEW),
+    ] {
+        if let Some(value) = value {
+            in_range(field, value, range)?;
+        }
+    }
+    Ok(())
+}
+
 /// The shape of an `auth_payload`: 3–8 ASCII digits. A well-shaped payload of another length
 /// than the factor's `code_length` is simply a wrong code.
 pub fn auth_payload(payload: &str) -> Checked<()> {

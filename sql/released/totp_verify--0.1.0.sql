@@ -7,7 +7,7 @@ The ordering of items is not stable, it is driven by a dependency graph.
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:24
+-- src/lib.rs:29
 -- bootstrap
 -- totp_verify schema: the relations of SPEC §2, keyed by identity for scale-out (SPEC §9).
 --
@@ -220,8 +220,8 @@ CREATE  FUNCTION "create_challenge"(
 	"factor_sid" TEXT, /* Option < & str > */
 	"auth_payload" TEXT DEFAULT NULL, /* Option < & str > */
 	"expiration_date" timestamp with time zone DEFAULT NULL, /* Option < TimestampWithTimeZone > */
-	"details" jsonb DEFAULT NULL, /* Option < JsonB > */
-	"hidden_details" jsonb DEFAULT NULL /* Option < JsonB > */
+	"details" jsonb DEFAULT NULL, /* Option < Jsonb > */
+	"hidden_details" jsonb DEFAULT NULL /* Option < Jsonb > */
 ) RETURNS totp.challenges /* Result < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
 AllocatedByRust > , ErrorReport > */
 VOLATILE SECURITY DEFINER PARALLEL UNSAFE
@@ -245,7 +245,7 @@ AS 'MODULE_PATHNAME', 'create_entity_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/factors.rs:119
+-- src/api/factors.rs:115
 -- totp_verify::api::factors::create_factor
 CREATE  FUNCTION "create_factor"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -256,7 +256,7 @@ CREATE  FUNCTION "create_factor"(
 	"code_length" INT DEFAULT NULL, /* Option < i32 > */
 	"time_step" INT DEFAULT NULL, /* Option < i32 > */
 	"skew" INT DEFAULT NULL, /* Option < i32 > */
-	"metadata" jsonb DEFAULT NULL /* Option < JsonB > */
+	"metadata" jsonb DEFAULT NULL /* Option < Jsonb > */
 ) RETURNS totp.new_factor /* Result < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
 AllocatedByRust > , ErrorReport > */
 VOLATILE SECURITY DEFINER PARALLEL UNSAFE
@@ -266,7 +266,7 @@ AS 'MODULE_PATHNAME', 'create_factor_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/services.rs:48
+-- src/api/services.rs:39
 -- totp_verify::api::services::create_service
 CREATE  FUNCTION "create_service"(
 	"friendly_name" TEXT, /* Option < & str > */
@@ -296,7 +296,7 @@ AS 'MODULE_PATHNAME', 'delete_entity_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/factors.rs:508
+-- src/api/factors.rs:521
 -- totp_verify::api::factors::delete_factor
 CREATE  FUNCTION "delete_factor"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -310,7 +310,7 @@ AS 'MODULE_PATHNAME', 'delete_factor_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/services.rs:139
+-- src/api/services.rs:130
 -- totp_verify::api::services::delete_service
 CREATE  FUNCTION "delete_service"(
 	"sid" TEXT /* Option < & str > */
@@ -333,7 +333,7 @@ AS 'MODULE_PATHNAME', 'generate_secret_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/challenges.rs:381
+-- src/api/challenges.rs:386
 -- totp_verify::api::challenges::has_recent_approval
 CREATE  FUNCTION "has_recent_approval"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -347,7 +347,7 @@ AS 'MODULE_PATHNAME', 'has_recent_approval_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:25
+-- src/lib.rs:30
 -- requires:
 --   has_recent_approval
 
@@ -363,8 +363,8 @@ DECLARE
     entity_identity text;
 BEGIN
     IF TG_NARGS <> 2 OR TG_OP <> 'DELETE' OR TG_LEVEL <> 'ROW' THEN
-        RAISE EXCEPTION 'totp.forget_entity() must be an AFTER DELETE ... FOR EACH ROW trigger with arguments (service_sid, identity_column)'
-            USING ERRCODE = '22023', DETAIL = 'Twilio 60200';
+        RAISE EXCEPTION 'totp.forget_entity() must be an AFTER DELETE ... FOR EACH ROW trigger with arguments (service_sid, identity_column) (Twilio 60200)'
+            USING ERRCODE = '22023';
     END IF;
     row_json := pg_catalog.to_jsonb(OLD);
     IF NOT row_json ? TG_ARGV[1] THEN
@@ -387,10 +387,15 @@ DECLARE
     entity_identity text;
 BEGIN
     IF TG_NARGS <> 3 OR TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'ROW' THEN
-        RAISE EXCEPTION 'totp.require_approval() must be a BEFORE ... FOR EACH ROW trigger with arguments (service_sid, identity_column, max_age)'
-            USING ERRCODE = '22023', DETAIL = 'Twilio 60200';
+        RAISE EXCEPTION 'totp.require_approval() must be a BEFORE ... FOR EACH ROW trigger with arguments (service_sid, identity_column, max_age) (Twilio 60200)'
+            USING ERRCODE = '22023';
     END IF;
-    max_age := TG_ARGV[2]::interval;
+    BEGIN
+        max_age := TG_ARGV[2]::interval;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'totp.require_approval(): max_age % is not an interval (Twilio 60200)', pg_catalog.quote_literal(TG_ARGV[2])
+            USING ERRCODE = '22023';
+    END;
     -- Every identity the write touches must have stepped up: the row's owner before and after.
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         IF NOT pg_catalog.to_jsonb(NEW) ? TG_ARGV[1] THEN
@@ -461,7 +466,7 @@ AS 'MODULE_PATHNAME', 'qr_svg_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/keys.rs:74
+-- src/api/keys.rs:75
 -- totp_verify::api::keys::retire_keys
 CREATE  FUNCTION "retire_keys"() RETURNS bigint[] /* Result < Vec < i64 > , ErrorReport > */
 STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
@@ -471,7 +476,7 @@ AS 'MODULE_PATHNAME', 'retire_keys_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/keys.rs:82
+-- src/api/keys.rs:83
 -- totp_verify::api::keys::rotate_key
 CREATE  FUNCTION "rotate_key"(
 	"batch_size" INT DEFAULT 1000 /* i32 */
@@ -522,7 +527,7 @@ CREATE  FUNCTION "update_challenge"(
 	"identity" TEXT, /* Option < & str > */
 	"challenge_sid" TEXT, /* Option < & str > */
 	"auth_payload" TEXT, /* Option < & str > */
-	"metadata" jsonb DEFAULT NULL /* Option < JsonB > */
+	"metadata" jsonb DEFAULT NULL /* Option < Jsonb > */
 ) RETURNS totp.challenges /* Result < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
 AllocatedByRust > , ErrorReport > */
 VOLATILE SECURITY DEFINER PARALLEL UNSAFE
@@ -532,7 +537,7 @@ AS 'MODULE_PATHNAME', 'update_challenge_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/factors.rs:447
+-- src/api/factors.rs:460
 -- totp_verify::api::factors::update_factor
 CREATE  FUNCTION "update_factor"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -543,7 +548,7 @@ CREATE  FUNCTION "update_factor"(
 	"code_length" INT DEFAULT NULL, /* Option < i32 > */
 	"time_step" INT DEFAULT NULL, /* Option < i32 > */
 	"skew" INT DEFAULT NULL, /* Option < i32 > */
-	"metadata" jsonb DEFAULT NULL /* Option < JsonB > */
+	"metadata" jsonb DEFAULT NULL /* Option < Jsonb > */
 ) RETURNS totp.factors /* Result < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
 AllocatedByRust > , ErrorReport > */
 VOLATILE SECURITY DEFINER PARALLEL UNSAFE
@@ -553,7 +558,7 @@ AS 'MODULE_PATHNAME', 'update_factor_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/services.rs:94
+-- src/api/services.rs:85
 -- totp_verify::api::services::update_service
 CREATE  FUNCTION "update_service"(
 	"sid" TEXT, /* Option < & str > */
@@ -571,7 +576,7 @@ AS 'MODULE_PATHNAME', 'update_service_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/factors.rs:364
+-- src/api/factors.rs:374
 -- totp_verify::api::factors::verify_factor
 CREATE  FUNCTION "verify_factor"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -587,7 +592,7 @@ AS 'MODULE_PATHNAME', 'verify_factor_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:31
+-- src/lib.rs:36
 -- requires:
 --   finalize
 
@@ -715,7 +720,7 @@ END
 $comments$;
 
 
--- src/lib.rs:30
+-- src/lib.rs:35
 -- finalize
 -- Privileges (SPEC §7): after CREATE EXTENSION, PUBLIC can do nothing. Functions are
 -- executable by PUBLIC by default in Postgres, so take that back; tables and views are not

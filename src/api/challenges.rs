@@ -4,7 +4,6 @@
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use totp_core::sid::{self, SidKind};
 use totp_core::validate::{self, Invalid};
 
@@ -15,6 +14,7 @@ use super::{json_object_arg, required, scope, sid_arg};
 use crate::clock::{Now, MICROS_PER_DAY, MICROS_PER_HOUR};
 use crate::db::{self, arg, Sql, INT4, INT8, JSONB, TEXT, TIMESTAMPTZ};
 use crate::error::{TotpError, TotpResult};
+use crate::jsonb::Jsonb;
 
 type ChallengeRow = pgrx::composite_type!('static, "totp.challenges");
 
@@ -129,16 +129,16 @@ fn create_challenge(
     factor_sid: Option<&str>,
     auth_payload: default!(Option<&str>, "NULL"),
     expiration_date: default!(Option<TimestampWithTimeZone>, "NULL"),
-    details: default!(Option<JsonB>, "NULL"),
-    hidden_details: default!(Option<JsonB>, "NULL"),
+    details: default!(Option<Jsonb>, "NULL"),
+    hidden_details: default!(Option<Jsonb>, "NULL"),
 ) -> Result<pgrx::composite_type!('static, "totp.challenges"), ErrorReport> {
     let (service_sid, identity) = scope(service_sid, identity)?;
     let factor_sid = sid_arg("factor_sid", SidKind::Factor, factor_sid)?;
     if let Some(payload) = auth_payload {
         validate::auth_payload(payload).map_err(TotpError::from)?;
     }
-    json_object_arg("details", &details)?;
-    json_object_arg("hidden_details", &hidden_details)?;
+    json_object_arg("details", details)?;
+    json_object_arg("hidden_details", hidden_details)?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<ChallengeRow> {
         let service = super::services::load(client, service_sid, now)?;
@@ -279,13 +279,13 @@ fn update_challenge(
     identity: Option<&str>,
     challenge_sid: Option<&str>,
     auth_payload: Option<&str>,
-    metadata: default!(Option<JsonB>, "NULL"),
+    metadata: default!(Option<Jsonb>, "NULL"),
 ) -> Result<pgrx::composite_type!('static, "totp.challenges"), ErrorReport> {
     let (service_sid, identity) = scope(service_sid, identity)?;
     let challenge_sid = sid_arg("challenge_sid", SidKind::Challenge, challenge_sid)?;
     let payload = required("auth_payload", auth_payload)?;
     validate::auth_payload(payload).map_err(TotpError::from)?;
-    json_object_arg("metadata", &metadata)?;
+    json_object_arg("metadata", metadata)?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<ChallengeRow> {
         let service = super::services::load(client, service_sid, now)?;
@@ -370,14 +370,19 @@ fn update_challenge(
 static RECENT_APPROVAL: Sql = Sql {
     text: "SELECT EXISTS (SELECT 1 FROM totp_private.challenges \
              WHERE identity = $1 AND service_sid = $2 AND status = 'approved' \
-               AND date_responded > pg_catalog.now() - $3)",
-    params: &[TEXT, TEXT, crate::db::INTERVAL],
+               AND date_responded > pg_catalog.now() - $3 * interval '1 microsecond')",
+    params: &[TEXT, TEXT, INT8],
 };
+
+/// Longer windows than this are treated as this: no approval is older, and `now() - within`
+/// must stay a valid timestamp however large an interval a policy names.
+const LONGEST_WINDOW_MICROS: i128 = 1_000 * 366 * 86_400 * 1_000_000;
 
 /// Whether `identity` has a challenge approved within `within` (step-up checks in RLS policies
 /// and triggers), measured from the transaction's start so it is stable within a statement.
-/// An identity that is NULL or could never be one (an e-mail address, say) has no approvals:
-/// false, not an error, so a policy over rows of any shape keeps working.
+/// An identity that is NULL or could never be one (an e-mail address, say) has no approvals,
+/// nor has any identity within a negative interval: false, not an error, so a policy over rows
+/// of any shape keeps working.
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn has_recent_approval(
@@ -386,15 +391,20 @@ fn has_recent_approval(
     within: Option<pgrx::datum::Interval>,
 ) -> Result<bool, ErrorReport> {
     let service_sid = sid_arg("service_sid", SidKind::Service, service_sid)?;
-    let within = required("within", within)?;
+    let within = required("within", within)?
+        .as_micros()
+        .min(LONGEST_WINDOW_MICROS);
     let Some(identity) = identity.filter(|i| validate::identity(i).is_ok()) else {
         return Ok(false);
     };
+    if within < 0 {
+        return Ok(false);
+    }
     Ok(Spi::connect(|client| -> TotpResult<bool> {
         let table = db::query(
             client,
             &RECENT_APPROVAL,
-            &[arg(identity), arg(service_sid), arg(within)],
+            &[arg(identity), arg(service_sid), arg(within as i64)],
         )?;
         Ok(db::first(table)
             .map(|row| db::req::<bool>(&row, 1))

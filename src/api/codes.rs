@@ -136,7 +136,9 @@ fn otpauth_uri(
 #[pg_extern(immutable, strict, parallel_safe)]
 fn qr_svg(text: &str) -> Result<String, ErrorReport> {
     let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M)
-        .map_err(|e| TotpError::invalid_service(Invalid::new("text", format!("cannot be a QR code: {e}"))))?;
+        .map_err(|e| {
+            TotpError::invalid_service(Invalid::new("text", format!("cannot be a QR code: {e}")))
+        })?;
     Ok(code
         .render::<qrcode::render::svg::Color>()
         .min_dimensions(256, 256)

@@ -4,11 +4,10 @@
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::JsonB;
 use totp_core::otp::{self, Algorithm, CodeParams};
 use totp_core::sid::{self, SidKind};
 use totp_core::uri::KeyUri;
-use totp_core::validate::{self, Invalid, CODE_LENGTH, SKEW, TIME_STEP};
+use totp_core::validate::{self, Invalid};
 use zeroize::Zeroizing;
 
 use super::events::{self, Event};
@@ -16,6 +15,7 @@ use super::{json_object_arg, required, scope, sid_arg};
 use crate::clock::{Now, MICROS_PER_DAY};
 use crate::db::{self, arg, Sql, BYTEA, INT4, INT8, JSONB, TEXT, TIMESTAMPTZ};
 use crate::error::{TotpError, TotpResult};
+use crate::jsonb::Jsonb;
 use crate::keyring;
 
 type FactorRow = pgrx::composite_type!('static, "totp.factors");
@@ -34,24 +34,6 @@ fn parse_alg(alg: Option<&str>) -> TotpResult<Option<Algorithm>> {
             .map_err(|e| TotpError::invalid(Invalid::new("alg", e.to_string())))
     })
     .transpose()
-}
-
-/// Checks a factor's optional settings (Twilio 60306).
-fn check_factor_settings(
-    code_length: Option<i32>,
-    time_step: Option<i32>,
-    skew: Option<i32>,
-) -> TotpResult<()> {
-    for (field, value, range) in [
-        ("code_length", code_length, CODE_LENGTH),
-        ("time_step", time_step, TIME_STEP),
-        ("skew", skew, SKEW),
-    ] {
-        if let Some(value) = value {
-            validate::in_range(field, value, range)?;
-        }
-    }
-    Ok(())
 }
 
 static PURGE_EXPIRED: Sql = Sql {
@@ -82,11 +64,25 @@ static COUNT_FACTORS: Sql = Sql {
 };
 
 static INSERT: Sql = Sql {
-    text: "INSERT INTO totp_private.factors (identity, sid, service_sid, entity_sid, friendly_name, \
+    text:
+        "INSERT INTO totp_private.factors (identity, sid, service_sid, entity_sid, friendly_name, \
              alg, code_length, time_step, skew, metadata, date_created, date_updated, \
              unverified_until) \
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
-    params: &[TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, INT4, INT4, INT4, JSONB, TIMESTAMPTZ, TIMESTAMPTZ],
+    params: &[
+        TEXT,
+        TEXT,
+        TEXT,
+        TEXT,
+        TEXT,
+        TEXT,
+        INT4,
+        INT4,
+        INT4,
+        JSONB,
+        TIMESTAMPTZ,
+        TIMESTAMPTZ,
+    ],
 };
 
 static INSERT_SECRET: Sql = Sql {
@@ -127,14 +123,14 @@ fn create_factor(
     code_length: default!(Option<i32>, "NULL"),
     time_step: default!(Option<i32>, "NULL"),
     skew: default!(Option<i32>, "NULL"),
-    metadata: default!(Option<JsonB>, "NULL"),
+    metadata: default!(Option<Jsonb>, "NULL"),
 ) -> Result<pgrx::composite_type!('static, "totp.new_factor"), ErrorReport> {
     let (service_sid, identity) = scope(service_sid, identity)?;
     let friendly_name = required("friendly_name", friendly_name)?;
     validate::friendly_name("friendly_name", friendly_name).map_err(TotpError::from)?;
     let alg = parse_alg(alg)?.unwrap_or(Algorithm::Sha1);
-    check_factor_settings(code_length, time_step, skew)?;
-    json_object_arg("metadata", &metadata)?;
+    validate::settings(time_step, code_length, skew).map_err(TotpError::from)?;
+    json_object_arg("metadata", metadata)?;
     let secret: Zeroizing<Vec<u8>> = Zeroizing::new(match secret {
         Some(text) => validate::secret(text).map_err(TotpError::from)?,
         None => totp_core::random::bytes(GENERATED_SECRET_BYTES),
@@ -207,7 +203,16 @@ fn create_factor(
                 arg(service.unverified_until),
             ],
         )?;
-        db::exec(client, &INSERT_SECRET, &[arg(identity), arg(factor_sid.as_str()), arg(key_id), arg(sealed)])?;
+        db::exec(
+            client,
+            &INSERT_SECRET,
+            &[
+                arg(identity),
+                arg(factor_sid.as_str()),
+                arg(key_id),
+                arg(sealed),
+            ],
+        )?;
         events::send(
             client,
             Event::FactorCreated,
@@ -232,7 +237,12 @@ fn create_factor(
         let table = db::exec(
             client,
             &SELECT_NEW,
-            &[arg(identity), arg(factor_sid.as_str()), arg(binding_secret.as_str()), arg(binding_uri)],
+            &[
+                arg(identity),
+                arg(factor_sid.as_str()),
+                arg(binding_secret.as_str()),
+                arg(binding_uri),
+            ],
         )?;
         db::req(&table.first(), 1)
     })?)
@@ -419,11 +429,14 @@ fn verify_factor(
     })?)
 }
 
+// A new time_step renumbers the steps: the replay guard is carried over as the new step that
+// contains the start of the last accepted one, so codes of later moments stay acceptable.
 static UPDATE: Sql = Sql {
     text: "UPDATE totp_private.factors AS f SET \
              friendly_name = COALESCE($4, f.friendly_name), alg = COALESCE($5, f.alg), \
              code_length = COALESCE($6, f.code_length), time_step = COALESCE($7, f.time_step), \
-             skew = COALESCE($8, f.skew), metadata = COALESCE($9, f.metadata), date_updated = $10 \
+             skew = COALESCE($8, f.skew), metadata = COALESCE($9, f.metadata), date_updated = $10, \
+             last_step = CASE WHEN $7 IS NULL THEN f.last_step ELSE f.last_step * f.time_step / $7 END \
            WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 \
              AND (f.unverified_until IS NULL OR f.unverified_until > $10) \
            RETURNING f.sid",
@@ -455,7 +468,7 @@ fn update_factor(
     code_length: default!(Option<i32>, "NULL"),
     time_step: default!(Option<i32>, "NULL"),
     skew: default!(Option<i32>, "NULL"),
-    metadata: default!(Option<JsonB>, "NULL"),
+    metadata: default!(Option<Jsonb>, "NULL"),
 ) -> Result<pgrx::composite_type!('static, "totp.factors"), ErrorReport> {
     let (service_sid, identity) = scope(service_sid, identity)?;
     let factor_sid = sid_arg("factor_sid", SidKind::Factor, factor_sid)?;
@@ -463,8 +476,8 @@ fn update_factor(
         validate::friendly_name("friendly_name", name).map_err(TotpError::from)?;
     }
     let alg = parse_alg(alg)?;
-    check_factor_settings(code_length, time_step, skew)?;
-    json_object_arg("metadata", &metadata)?;
+    validate::settings(time_step, code_length, skew).map_err(TotpError::from)?;
+    json_object_arg("metadata", metadata)?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<FactorRow> {
         super::services::load(client, service_sid, now)?;

@@ -29,7 +29,8 @@ static MARK: Sql = Sql {
 };
 
 static DEMOTE: Sql = Sql {
-    text: "UPDATE totp_private.keys SET state = 'previous' WHERE state = 'current' AND key_id <> $1",
+    text:
+        "UPDATE totp_private.keys SET state = 'previous' WHERE state = 'current' AND key_id <> $1",
     params: &[INT8],
 };
 
@@ -84,12 +85,24 @@ fn retire_keys() -> Result<Vec<i64>, ErrorReport> {
 fn rotate_key(
     batch_size: default!(i32, 1000),
 ) -> Result<
-    TableIterator<'static, (name!(new_key_id, i64), name!(resealed, i64), name!(retired_key_ids, Vec<i64>))>,
+    TableIterator<
+        'static,
+        (
+            name!(new_key_id, i64),
+            name!(resealed, i64),
+            name!(retired_key_ids, Vec<i64>),
+        ),
+    >,
     ErrorReport,
 > {
     if batch_size < 1 {
-        return Err(TotpError::invalid_service(totp_core::validate::Invalid::new("batch_size", "must be positive"))
-            .into());
+        return Err(
+            TotpError::invalid_service(totp_core::validate::Invalid::new(
+                "batch_size",
+                "must be positive",
+            ))
+            .into(),
+        );
     }
     // Creates the key file if this database has none yet.
     Spi::connect_mut(|client| keyring::current(client).map(|_| ()))?;
@@ -108,15 +121,30 @@ fn rotate_key(
     loop {
         // One SPI connection per batch bounds memory however many secrets there are.
         let done = Spi::connect_mut(|client| -> TotpResult<i64> {
-            let rows: Vec<(String, String, i64, Vec<u8>)> = db::exec(client, &BATCH, &[arg(new_id), arg(batch_size)])?
-                .map(|row| -> TotpResult<_> {
-                    Ok((db::req_at(&row, 1)?, db::req_at(&row, 2)?, db::req_at(&row, 3)?, db::req_at(&row, 4)?))
-                })
-                .collect::<TotpResult<_>>()?;
+            let rows: Vec<(String, String, i64, Vec<u8>)> =
+                db::exec(client, &BATCH, &[arg(new_id), arg(batch_size)])?
+                    .map(|row| -> TotpResult<_> {
+                        Ok((
+                            db::req_at(&row, 1)?,
+                            db::req_at(&row, 2)?,
+                            db::req_at(&row, 3)?,
+                            db::req_at(&row, 4)?,
+                        ))
+                    })
+                    .collect::<TotpResult<_>>()?;
             for (identity, factor_sid, key_id, old) in &rows {
                 let secret = keyring::open(factor_sid, *key_id, old)?;
                 let new = sealed::seal(&new_key, factor_sid.as_bytes(), &secret);
-                db::exec(client, &RESEAL, &[arg(identity.as_str()), arg(factor_sid.as_str()), arg(new_id), arg(new)])?;
+                db::exec(
+                    client,
+                    &RESEAL,
+                    &[
+                        arg(identity.as_str()),
+                        arg(factor_sid.as_str()),
+                        arg(new_id),
+                        arg(new),
+                    ],
+                )?;
             }
             Ok(rows.len() as i64)
         })?;

@@ -18,6 +18,7 @@ use totp_core::sid::{self, SidKind};
 use totp_core::validate::{self, Invalid};
 
 use crate::error::{TotpError, TotpResult};
+use crate::jsonb::Jsonb;
 
 /// A required argument: NULL is an invalid-argument error naming it.
 pub fn required<T>(field: &'static str, value: Option<T>) -> TotpResult<T> {
@@ -59,11 +60,13 @@ pub fn scope<'a>(
     Ok((service_sid, identity))
 }
 
-/// A JSON argument that must be an object of at most 1024 characters (compact form).
-pub fn json_object_arg(field: &'static str, value: &Option<pgrx::JsonB>) -> TotpResult<()> {
-    if let Some(pgrx::JsonB(json)) = value {
-        let text = serde_json::to_string(json).map_err(|e| TotpError::Internal(e.to_string()))?;
-        validate::json_object(field, json.is_object(), text.chars().count())?;
+/// A JSON argument that must be an object of at most 1024 characters (its `::text` form).
+pub fn json_object_arg(field: &'static str, value: Option<Jsonb>) -> TotpResult<()> {
+    if let Some(json) = value {
+        let is_object = json.is_object();
+        // Only measure objects: the length of a huge scalar is not worth computing to refuse it.
+        let chars = if is_object { json.text_chars() } else { 0 };
+        validate::json_object(field, is_object, chars)?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use totp_core::sid::{self, SidKind};
-use totp_core::validate::{self, CODE_LENGTH, SKEW, TIME_STEP};
+use totp_core::validate;
 
 use super::sid_arg;
 use crate::clock::Now;
@@ -15,8 +15,8 @@ use crate::error::{TotpError, TotpResult};
 
 type ServiceRow = pgrx::composite_type!('static, "totp.services");
 
-/// Checks the optional TOTP settings a service (or factor) may carry.
-pub fn check_settings(
+/// Checks the optional TOTP settings a service may carry (Twilio 60200).
+fn check_settings(
     issuer: Option<&str>,
     time_step: Option<i32>,
     code_length: Option<i32>,
@@ -25,16 +25,7 @@ pub fn check_settings(
     if let Some(issuer) = issuer {
         validate::friendly_name("issuer", issuer).map_err(TotpError::invalid_service)?;
     }
-    for (field, value, range) in [
-        ("time_step", time_step, TIME_STEP),
-        ("code_length", code_length, CODE_LENGTH),
-        ("skew", skew, SKEW),
-    ] {
-        if let Some(value) = value {
-            validate::in_range(field, value, range).map_err(TotpError::invalid_service)?;
-        }
-    }
-    Ok(())
+    validate::settings(time_step, code_length, skew).map_err(TotpError::invalid_service)
 }
 
 static INSERT: Sql = Sql {
