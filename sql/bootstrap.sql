@@ -137,6 +137,16 @@ CREATE INDEX challenges_pending_expiry ON totp_private.challenges (expiration_da
 CREATE INDEX challenges_approved ON totp_private.challenges (identity, service_sid, date_responded)
     WHERE status = 'approved';
 
+-- The name of this database's key file, totp_verify-<keyring_id>.key in the data directory, and
+-- the database it belongs to (a restored copy adopts a file of its own; see src/keyring.rs).
+CREATE TABLE totp_private.keyring (
+    one_row                      boolean     NOT NULL PRIMARY KEY DEFAULT true CHECK (one_row),
+    keyring_id                   text        NOT NULL CHECK (keyring_id ~ '^[0-9a-f]{32}$'),
+    database_oid                 oid         NOT NULL
+);
+-- Its one row is written on first use, not here, so that a restore's copy of the source's row
+-- does not collide with a fresh one.
+
 -- Which keys have sealed secrets in this database. Only ids and states, never key material
 -- (SPEC §8: the key never lives in a table); lets rotation and a missing key file be told apart.
 CREATE TABLE totp_private.keys (
@@ -176,3 +186,4 @@ SELECT pg_catalog.pg_extension_config_dump('totp_private.factors', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.factor_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.challenges', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.keys', '');
+SELECT pg_catalog.pg_extension_config_dump('totp_private.keyring', '');

@@ -23,9 +23,7 @@ pub struct Now {
 impl Now {
     pub fn read() -> Self {
         // SAFETY: GetCurrentTimestamp only reads the system clock.
-        Now {
-            micros: unsafe { pg_sys::GetCurrentTimestamp() },
-        }
+        Now { micros: unsafe { pg_sys::GetCurrentTimestamp() } }
     }
 
     pub fn timestamptz(self) -> TimestampWithTimeZone {

@@ -73,17 +73,13 @@ pub fn first(table: SpiTupleTable<'_>) -> Option<SpiTupleTable<'_>> {
 }
 
 /// Column `ordinal` (1-based) of the current row; NULL is `None`.
-pub fn get<T: FromDatum + IntoDatum>(
-    row: &SpiTupleTable<'_>,
-    ordinal: usize,
-) -> TotpResult<Option<T>> {
+pub fn get<T: FromDatum + IntoDatum>(row: &SpiTupleTable<'_>, ordinal: usize) -> TotpResult<Option<T>> {
     Ok(row.get::<T>(ordinal)?)
 }
 
 /// Column `ordinal` of the current row, which the schema declares NOT NULL.
 pub fn req<T: FromDatum + IntoDatum>(row: &SpiTupleTable<'_>, ordinal: usize) -> TotpResult<T> {
-    row.get::<T>(ordinal)?
-        .ok_or_else(|| TotpError::Internal(format!("column {ordinal} is unexpectedly NULL")))
+    row.get::<T>(ordinal)?.ok_or_else(|| TotpError::Internal(format!("column {ordinal} is unexpectedly NULL")))
 }
 
 /// Shorthand for a parameter.
@@ -92,10 +88,6 @@ pub fn arg<'a, T: IntoDatum>(value: T) -> DatumWithOid<'a> {
 }
 
 /// Column `ordinal` of a row from an iterated result, which the schema declares NOT NULL.
-pub fn req_at<T: FromDatum + IntoDatum>(
-    row: &pgrx::spi::SpiHeapTupleData<'_>,
-    ordinal: usize,
-) -> TotpResult<T> {
-    row.get::<T>(ordinal)?
-        .ok_or_else(|| TotpError::Internal(format!("column {ordinal} is unexpectedly NULL")))
+pub fn req_at<T: FromDatum + IntoDatum>(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> TotpResult<T> {
+    row.get::<T>(ordinal)?.ok_or_else(|| TotpError::Internal(format!("column {ordinal} is unexpectedly NULL")))
 }

@@ -16,11 +16,7 @@ pub enum TotpError {
     /// 20404: no such service.
     ServiceNotFound { sid: String },
     /// 60392 / 60390 / 60391: no such entity / factor / challenge in that service and identity.
-    NotFound {
-        kind: SidKind,
-        identity: String,
-        sid: Option<String>,
-    },
+    NotFound { kind: SidKind, identity: String, sid: Option<String> },
     /// 60200 (service arguments) or 60306 (verify resources): an argument broke a rule.
     Invalid { twilio: u32, invalid: Invalid },
     /// 60301: `create_entity` for an identity the service already has.
@@ -46,6 +42,8 @@ pub enum TotpError {
     /// A stored secret does not open with the key its row names: wrong key file, or the
     /// ciphertext was moved from another row or altered.
     SecretUndecryptable { key_id: i64 },
+    /// Key management is for superusers, whatever EXECUTE grants say.
+    SuperuserRequired { what: &'static str },
     /// Something that cannot happen did (an SPI failure): a bug, reported as XX000.
     Internal(String),
 }
@@ -56,18 +54,12 @@ pub type TotpResult<T> = Result<T, TotpError>;
 impl TotpError {
     /// An argument error on a verify resource (entity, factor, challenge): Twilio 60306.
     pub fn invalid(invalid: Invalid) -> Self {
-        TotpError::Invalid {
-            twilio: 60306,
-            invalid,
-        }
+        TotpError::Invalid { twilio: 60306, invalid }
     }
 
     /// An argument error on a service: Twilio 60200.
     pub fn invalid_service(invalid: Invalid) -> Self {
-        TotpError::Invalid {
-            twilio: 60200,
-            invalid,
-        }
+        TotpError::Invalid { twilio: 60200, invalid }
     }
 
     /// A required argument that was NULL.
@@ -79,22 +71,10 @@ impl TotpError {
     pub fn twilio_code(&self) -> Option<u32> {
         Some(match self {
             TotpError::ServiceNotFound { .. } => 20404,
-            TotpError::NotFound {
-                kind: SidKind::Entity,
-                ..
-            } => 60392,
-            TotpError::NotFound {
-                kind: SidKind::Factor,
-                ..
-            } => 60390,
-            TotpError::NotFound {
-                kind: SidKind::Challenge,
-                ..
-            } => 60391,
-            TotpError::NotFound {
-                kind: SidKind::Service,
-                ..
-            } => 20404,
+            TotpError::NotFound { kind: SidKind::Entity, .. } => 60392,
+            TotpError::NotFound { kind: SidKind::Factor, .. } => 60390,
+            TotpError::NotFound { kind: SidKind::Challenge, .. } => 60391,
+            TotpError::NotFound { kind: SidKind::Service, .. } => 20404,
             TotpError::Invalid { twilio, .. } => *twilio,
             TotpError::EntityExists { .. } => 60301,
             TotpError::TooManyFactors { .. } => 60315,
@@ -107,6 +87,7 @@ impl TotpError {
             TotpError::ChallengeExpired => 60323,
             TotpError::KeyFileUnavailable { .. }
             | TotpError::SecretUndecryptable { .. }
+            | TotpError::SuperuserRequired { .. }
             | TotpError::Internal(_) => return None,
         })
     }
@@ -124,11 +105,12 @@ impl TotpError {
             | TotpError::FactorAttemptsExhausted { .. }
             | TotpError::ChallengeAttemptsExhausted { .. }
             | TotpError::ChallengeCreationRateLimited { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            TotpError::FactorUnverified
-            | TotpError::ChallengeResponded { .. }
-            | TotpError::ChallengeExpired => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            TotpError::FactorUnverified | TotpError::ChallengeResponded { .. } | TotpError::ChallengeExpired => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             TotpError::KeyFileUnavailable { .. } => ERRCODE_UNDEFINED_FILE,
             TotpError::SecretUndecryptable { .. } => ERRCODE_DATA_CORRUPTED,
+            TotpError::SuperuserRequired { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             TotpError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -140,23 +122,16 @@ impl TotpError {
             TotpError::Invalid { invalid, .. } => format!("invalid {}", invalid.field),
             TotpError::EntityExists { .. } => "entity already exists".into(),
             TotpError::TooManyFactors { .. } => "entity has the maximum number of factors".into(),
-            TotpError::FactorCreationRateLimited { .. } => {
-                "too many factors created for this entity".into()
-            }
-            TotpError::FactorAttemptsExhausted { .. } => {
-                "factor verification attempts limit reached".into()
-            }
-            TotpError::ChallengeAttemptsExhausted { .. } => {
-                "challenge verification attempts limit reached".into()
-            }
-            TotpError::ChallengeCreationRateLimited { .. } => {
-                "challenge creation limit reached".into()
-            }
+            TotpError::FactorCreationRateLimited { .. } => "too many factors created for this entity".into(),
+            TotpError::FactorAttemptsExhausted { .. } => "factor verification attempts limit reached".into(),
+            TotpError::ChallengeAttemptsExhausted { .. } => "challenge verification attempts limit reached".into(),
+            TotpError::ChallengeCreationRateLimited { .. } => "challenge creation limit reached".into(),
             TotpError::FactorUnverified => "factor is unverified".into(),
             TotpError::ChallengeResponded { .. } => "challenge already responded".into(),
             TotpError::ChallengeExpired => "challenge expired".into(),
             TotpError::KeyFileUnavailable { .. } => "totp_verify key file unavailable".into(),
             TotpError::SecretUndecryptable { .. } => "factor secret cannot be decrypted".into(),
+            TotpError::SuperuserRequired { what } => format!("must be superuser to {what}"),
             TotpError::Internal(_) => "totp_verify internal error".into(),
         }
     }
@@ -193,6 +168,7 @@ impl TotpError {
                 "The secret is sealed with key {key_id}, which the key file named by totp_verify.key_file \
                  does not hold or which does not match this row."
             )),
+            TotpError::SuperuserRequired { .. } => None,
             TotpError::Internal(what) => Some(what.clone()),
         }
     }
@@ -203,9 +179,9 @@ impl TotpError {
             TotpError::ChallengeAttemptsExhausted { .. } | TotpError::ChallengeExpired => {
                 Some("Create a new challenge.")
             }
-            TotpError::KeyFileUnavailable { .. } | TotpError::SecretUndecryptable { .. } => Some(
-                "Restore the key file the secrets were sealed with (see the README, \"Secrets at rest\").",
-            ),
+            TotpError::KeyFileUnavailable { .. } | TotpError::SecretUndecryptable { .. } => {
+                Some("Restore the key file the secrets were sealed with (see the README, \"Secrets at rest\").")
+            }
             _ => None,
         }
     }

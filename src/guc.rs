@@ -25,8 +25,5 @@ pub fn init() {
 
 /// The configured key file path, if one is set.
 pub fn key_file() -> Option<String> {
-    KEY_FILE
-        .get()
-        .and_then(|path| path.into_string().ok())
-        .filter(|path| !path.is_empty())
+    KEY_FILE.get().and_then(|path| path.into_string().ok()).filter(|path| !path.is_empty())
 }

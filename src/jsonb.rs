@@ -31,8 +31,8 @@ impl Jsonb {
     pub fn text_chars(self) -> usize {
         // SAFETY: as above; jsonb_out returns a palloc'd C string in the current context.
         unsafe {
-            let text = direct_function_call::<&CStr>(pg_sys::jsonb_out, &[Some(self.0)])
-                .expect("jsonb_out returns a string");
+            let text =
+                direct_function_call::<&CStr>(pg_sys::jsonb_out, &[Some(self.0)]).expect("jsonb_out returns a string");
             let chars = text.to_string_lossy().chars().count();
             pg_sys::pfree(text.as_ptr() as *mut _);
             chars
@@ -41,11 +41,7 @@ impl Jsonb {
 }
 
 impl FromDatum for Jsonb {
-    unsafe fn from_polymorphic_datum(
-        datum: pg_sys::Datum,
-        is_null: bool,
-        _: pg_sys::Oid,
-    ) -> Option<Self> {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
         (!is_null).then_some(Jsonb(datum))
     }
 }
@@ -63,10 +59,7 @@ impl IntoDatum for Jsonb {
 unsafe impl<'fcx> ArgAbi<'fcx> for Jsonb {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         // SAFETY: the caller (pgrx) only calls this for a non-NULL jsonb argument.
-        unsafe {
-            arg.unbox_arg_using_from_datum()
-                .expect("a non-NULL jsonb argument")
-        }
+        unsafe { arg.unbox_arg_using_from_datum().expect("a non-NULL jsonb argument") }
     }
 }
 
@@ -74,6 +67,5 @@ unsafe impl SqlTranslatable for Jsonb {
     const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(Jsonb);
     const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
     const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
-    const RETURN_SQL: Result<ReturnsRef, ReturnsError> =
-        Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
+    const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
 }

@@ -27,17 +27,9 @@ mod keyring;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
-extension_sql_file!(
-    "../sql/triggers.sql",
-    name = "triggers",
-    requires = [has_recent_approval]
-);
+extension_sql_file!("../sql/triggers.sql", name = "triggers", requires = [has_recent_approval]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
-extension_sql_file!(
-    "../sql/comments.sql",
-    name = "comments",
-    requires = ["finalize"]
-);
+extension_sql_file!("../sql/comments.sql", name = "comments", requires = ["finalize"]);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -105,6 +105,7 @@ def verified_factor(conn, service_sid, identity, **kwargs):
     >= 1), leaving the current and next steps free for challenges."""
     factor = new_factor(conn, service_sid, identity, **kwargs)
     step, digits, alg = factor["time_step"], factor["code_length"], factor["alg"]
+    wait_inside_step(step, margin=1)
     at = time.time() - (step if factor["skew"] >= 1 else 0)
     code = oathtool(factor["binding_secret"], alg, digits, step, at)
     row = conn.execute(

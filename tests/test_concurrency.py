@@ -38,8 +38,11 @@ def step_now(step=30):
 
 
 def code_at(factor, step_index):
-    """The factor's code for time step `step_index`, from oathtool (the user's app)."""
+    """The factor's code for time step `step_index`, from oathtool (the user's app); codes
+    shorter than oathtool allows come from conftest's independent RFC 4226 implementation."""
     step = factor["time_step"]
+    if factor["code_length"] < 6:
+        return rfc4226(secret_bytes(factor["binding_secret"]), step_index, factor["code_length"], factor["alg"])
     return oathtool(factor["binding_secret"], factor["alg"], factor["code_length"], step,
                     at=step_index * step + step / 2)
 
@@ -100,9 +103,14 @@ def call(conn, sql, params):
         return Outcome(error=e)
 
 
-def race(pool, work, n=N, before=None):
+def race(pool, work, n=N, before=None, gate=None):
     """Runs work(i, conn) on n pooled connections at once: each thread first runs before(i, conn)
-    (if given), then waits at a barrier; all are released together. Returns the n results."""
+    (if given), then waits at a barrier; all are released together. Returns the n results.
+
+    With gate=(gate_conn, monitor_conn, factor_sid), the factor row is first locked FOR UPDATE
+    by gate_conn, and released only once monitor_conn sees all n backends waiting on that lock:
+    all n calls are then provably inside the function, past their argument checks, at once.
+    A fourth element, a callable, runs on gate_conn inside its transaction just before COMMIT."""
     assert n <= len(pool)
     barrier = threading.Barrier(n, timeout=60)
 
@@ -113,8 +121,29 @@ def race(pool, work, n=N, before=None):
         barrier.wait()
         return work(i, conn)
 
+    if gate is not None:
+        gate_conn, monitor, factor_sid, *on_release = gate
+        gate_conn.execute("BEGIN")
+        gate_conn.execute("SELECT 1 FROM totp_private.factors WHERE sid = %s FOR UPDATE", (factor_sid,))
+        pids = [c.info.backend_pid for c in pool[:n]]
     with concurrent.futures.ThreadPoolExecutor(max_workers=n) as ex:
-        return list(ex.map(run, range(n)))
+        futures = [ex.submit(run, i) for i in range(n)]
+        if gate is not None:
+            try:
+                deadline = time.time() + 30
+                while True:
+                    waiting = monitor.execute(
+                        "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = ANY(%s) AND wait_event_type = 'Lock'",
+                        (pids,)).fetchone()["n"]
+                    if waiting == n:
+                        break
+                    assert time.time() < deadline, f"only {waiting} of {n} sessions reached the lock"
+                    time.sleep(0.01)
+                for action in on_release:  # runs inside the gate's transaction, before COMMIT
+                    action(gate_conn)
+            finally:
+                gate_conn.execute("COMMIT")
+        return [f.result() for f in futures]
 
 
 CREATE_CHALLENGE = "SELECT * FROM totp.create_challenge(%s, %s, %s, %s)"
@@ -192,6 +221,12 @@ def listener(db):
 
 
 @pytest.fixture(scope="module")
+def gate_conn(db):
+    with connect(db) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
 def pool(db, admin):
     conns = [connect(db) for _ in range(N)]
     try:
@@ -225,19 +260,21 @@ def pool(db, admin):
 ROUNDS = 4
 
 
-def test_same_right_code_to_create_challenge_approves_exactly_once(admin, pool, listener):
+def test_same_right_code_to_create_challenge_approves_exactly_once(admin, pool, listener, gate_conn):
     """32 sessions send the same right code for one factor: one approved, 31 pending. Each round
     has a new factor; within a round the next step's code (valid with skew 1) is raced too, and
-    finally the first code is replayed by all 32 and approves nothing."""
+    finally the first code is replayed by all 32 and approves nothing. Odd rounds are gated: all
+    32 calls are parked on the factor's row lock before any may proceed."""
     svc = service_with_limits(admin)
-    for _ in range(ROUNDS):
+    for rnd in range(ROUNDS):
         ident = identity()
         factor = enrol(admin, svc, ident)
         t = step_now(factor["time_step"])
         drain_events(listener, 0.05)
         for sub, step_index in enumerate([t, t + 1, t]):
             code = code_at(factor, step_index)
-            outcomes = race(pool, lambda i, c: call(c, CREATE_CHALLENGE, (svc, ident, factor["sid"], code)))
+            outcomes = race(pool, lambda i, c: call(c, CREATE_CHALLENGE, (svc, ident, factor["sid"], code)),
+                            gate=(gate_conn, admin, factor["sid"]) if rnd % 2 else None)
             assert all(o.ok for o in outcomes), [o for o in outcomes if not o.ok]
             got = statuses(outcomes)
             if sub < 2:
@@ -263,12 +300,12 @@ def test_same_right_code_to_create_challenge_approves_exactly_once(admin, pool, 
         assert pf["challenges_in_hour"] == 3 * N and pf["challenges_in_day"] == 3 * N
 
 
-def test_same_right_code_to_update_challenge_on_32_pending_challenges(admin, pool, listener):
+def test_same_right_code_to_update_challenge_on_32_pending_challenges(admin, pool, listener, gate_conn):
     """32 different pending challenges of one factor answered at once with the same right code:
     exactly one approved. Then the 31 still pending are raced with the next step's code: one
     more approved; then with the first code again: none."""
     svc = service_with_limits(admin)
-    for _ in range(ROUNDS - 1):
+    for rnd in range(ROUNDS - 1):
         ident = identity()
         factor = enrol(admin, svc, ident)
         t = step_now(factor["time_step"])
@@ -279,7 +316,8 @@ def test_same_right_code_to_update_challenge_on_32_pending_challenges(admin, poo
         for sub, step_index in enumerate([t, t + 1, t]):
             code = code_at(factor, step_index)
             n = len(pending)
-            outcomes = race(pool, lambda i, c: call(c, UPDATE_CHALLENGE, (svc, ident, pending[i], code)), n=n)
+            outcomes = race(pool, lambda i, c: call(c, UPDATE_CHALLENGE, (svc, ident, pending[i], code)), n=n,
+                            gate=(gate_conn, admin, factor["sid"]) if rnd % 2 == 0 else None)
             assert all(o.ok for o in outcomes), [o for o in outcomes if not o.ok]
             got = statuses(outcomes)
             expect = {"approved": 1, "pending": n - 1} if sub < 2 else {"pending": n}
@@ -297,11 +335,11 @@ def test_same_right_code_to_update_challenge_on_32_pending_challenges(admin, poo
         assert all(r["failed_attempts"] == 3 for s, r in rows.items() if s not in approved)
 
 
-def test_create_and_update_challenge_racing_with_one_code(admin, pool):
+def test_create_and_update_challenge_racing_with_one_code(admin, pool, gate_conn):
     """Half the sessions create a challenge with the code, half answer pending challenges with
     it: still exactly one approval in total."""
     svc = service_with_limits(admin)
-    for _ in range(ROUNDS - 1):
+    for rnd in range(ROUNDS - 1):
         ident = identity()
         factor = enrol(admin, svc, ident)
         code = code_at(factor, step_now(factor["time_step"]))
@@ -313,7 +351,7 @@ def test_create_and_update_challenge_racing_with_one_code(admin, pool):
                 return call(c, CREATE_CHALLENGE, (svc, ident, factor["sid"], code))
             return call(c, UPDATE_CHALLENGE, (svc, ident, pending[i // 2], code))
 
-        outcomes = race(pool, work)
+        outcomes = race(pool, work, gate=(gate_conn, admin, factor["sid"]) if rnd % 2 == 0 else None)
         assert all(o.ok for o in outcomes), [o for o in outcomes if not o.ok]
         assert statuses(outcomes) == {"approved": 1, "pending": N - 1}
         rows = private_challenges(admin, factor["sid"])
@@ -352,19 +390,20 @@ def test_same_right_code_repeatable_read_callers(admin, pool):
     assert sum(r["status"] == "approved" for r in rows) == 1
 
 
-def test_verify_factor_race_one_transition_and_code_consumed(admin, pool, listener):
+def test_verify_factor_race_one_transition_and_code_consumed(admin, pool, listener, gate_conn):
     """32 sessions verify one new factor with the same right code: every call returns it
     `verified` but exactly one makes the transition (one factor.verified event, no failed
     attempt counted). The code it consumed then never approves a challenge; the next one does."""
     svc = service_with_limits(admin)
-    for _ in range(ROUNDS - 1):
+    for rnd in range(ROUNDS - 1):
         ident = identity()
         factor = new_factor(admin, svc, ident)
         wait_inside_step(factor["time_step"], 3)
         t = step_now(factor["time_step"])
         code = code_at(factor, t)
         drain_events(listener, 0.05)
-        outcomes = race(pool, lambda i, c: call(c, VERIFY_FACTOR, (svc, ident, factor["sid"], code)))
+        outcomes = race(pool, lambda i, c: call(c, VERIFY_FACTOR, (svc, ident, factor["sid"], code)),
+                        gate=(gate_conn, admin, factor["sid"]) if rnd % 2 == 0 else None)
         assert all(o.ok for o in outcomes), [o for o in outcomes if not o.ok]
         assert statuses(outcomes) == {"verified": N}
         assert len({o.row["date_updated"] for o in outcomes}) == 1, "one transition, one date_updated"
@@ -382,12 +421,12 @@ def test_verify_factor_race_one_transition_and_code_consumed(admin, pool, listen
         assert statuses(outcomes) == {"approved": 1, "pending": N - 1}
 
 
-def test_verify_factor_racing_create_challenge_with_the_same_code(admin, pool, listener):
+def test_verify_factor_racing_create_challenge_with_the_same_code(admin, pool, listener, gate_conn):
     """Half verify the factor with a code while the other half create challenges with the same
     code: a challenge is refused (60318) while the factor is unverified and is `pending` (code
     consumed) after; none is ever approved."""
     svc = service_with_limits(admin)
-    for _ in range(ROUNDS - 1):
+    for rnd in range(ROUNDS - 1):
         ident = identity()
         factor = new_factor(admin, svc, ident)
         code = code_at(factor, step_now(factor["time_step"]))
@@ -398,7 +437,7 @@ def test_verify_factor_racing_create_challenge_with_the_same_code(admin, pool, l
                 return ("verify", call(c, VERIFY_FACTOR, (svc, ident, factor["sid"], code)))
             return ("challenge", call(c, CREATE_CHALLENGE, (svc, ident, factor["sid"], code)))
 
-        results = race(pool, work)
+        results = race(pool, work, gate=(gate_conn, admin, factor["sid"]) if rnd % 2 == 0 else None)
         verifies = [o for kind, o in results if kind == "verify"]
         challenges = [o for kind, o in results if kind == "challenge"]
         assert all(o.ok and o.row["status"] == "verified" for o in verifies), verifies
@@ -408,6 +447,119 @@ def test_verify_factor_racing_create_challenge_with_the_same_code(admin, pool, l
         rows = private_challenges(admin, factor["sid"])
         assert len(rows) == sum(o.ok for o in challenges)
         assert all(r["status"] == "pending" for r in rows)
+
+
+@pytest.mark.parametrize("limit", [HIGH, 5])
+def test_one_right_code_among_wrong_ones_on_one_challenge(admin, pool, gate_conn, limit):
+    """One session answers a pending challenge with the right code while 31 answer it with wrong
+    ones, all parked on the factor lock and released together. Whatever the order, the state is
+    consistent: wrong codes before the right one are `pending` and counted, the right one
+    approves (unless the limit denied the challenge first), and every later call is refused
+    with 60322 (approved) or 60308 (denied)."""
+    svc = service_with_limits(admin, max_challenge_attempts=limit)
+    ident = identity()
+    factor = enrol(admin, svc, ident)
+    right = code_at(factor, step_now(factor["time_step"]))
+    wrong = wrong_codes(factor, N)
+    ch = admin.execute("SELECT * FROM totp.create_challenge(%s, %s, %s)", (svc, ident, factor["sid"])).fetchone()
+    lucky = N // 2
+    outcomes = race(pool, lambda i, c: call(c, UPDATE_CHALLENGE,
+                                            (svc, ident, ch["sid"], right if i == lucky else wrong[i])),
+                    gate=(gate_conn, admin, factor["sid"]))
+    row = next(r for r in private_challenges(admin, factor["sid"]) if r["sid"] == ch["sid"])
+    got = statuses(outcomes)
+    pending = got.get("pending", 0)
+    assert row["failed_attempts"] == pending + got.get("denied", 0), got
+    if row["status"] == "approved":
+        assert outcomes[lucky].ok and outcomes[lucky].row["status"] == "approved", got
+        assert got == collections.Counter({"approved": 1, "pending": pending, "error 55000/60322": N - 1 - pending}), got
+        assert pending < limit
+    else:
+        assert row["status"] == "denied" and limit == 5, got
+        assert outcomes[lucky].twilio == 60308, outcomes[lucky]
+        assert got == {"pending": 4, "denied": 1, "error 54000/60308": N - 5}, got
+
+
+@pytest.mark.parametrize("limit", [HIGH, 5])
+def test_one_right_code_among_wrong_ones_verifying_a_factor(admin, pool, gate_conn, limit):
+    """The same for verify_factor: wrong codes before the right one return `unverified` and are
+    counted; the right one verifies (unless the limit was reached first: then it, and every
+    later call, is 60310); calls after the transition return the verified row unchanged."""
+    svc = service_with_limits(admin, max_factor_attempts=limit)
+    ident = identity()
+    factor = new_factor(admin, svc, ident)
+    right = code_at(factor, step_now(factor["time_step"]))
+    wrong = wrong_codes(factor, N)
+    lucky = N // 2
+    outcomes = race(pool, lambda i, c: call(c, VERIFY_FACTOR,
+                                            (svc, ident, factor["sid"], right if i == lucky else wrong[i])),
+                    gate=(gate_conn, admin, factor["sid"]))
+    pf = private_factor(admin, factor["sid"])
+    got = statuses(outcomes)
+    unverified = got.get("unverified", 0)
+    if pf["status"] == "verified":
+        assert outcomes[lucky].ok and outcomes[lucky].row["status"] == "verified"
+        assert got == collections.Counter({"unverified": unverified, "verified": N - unverified}), got
+        assert unverified < limit
+        assert pf["failed_verifications"] == 0, "reset by the verification, never counted after it"
+    else:
+        assert limit == 5 and outcomes[lucky].twilio == 60310, got
+        assert got == {"unverified": 5, "error 54000/60310": N - 5}, got
+        assert pf["failed_verifications"] == 5
+
+
+@pytest.mark.parametrize("what", ["factor", "entity"])
+def test_calls_parked_on_a_factor_that_is_deleted(admin, pool, gate_conn, what):
+    """32 calls (challenge answers with the right code, challenge creations, verifications of
+    the factor) wait on the factor's lock while it, or its whole entity, is deleted: every one
+    ends as "not found" (P0002, 60390/60391 for the factor, 60392 for the entity), none
+    approves anything, nothing is left behind."""
+    svc = service_with_limits(admin)
+    ident = identity()
+    factor = enrol(admin, svc, ident)
+    code = code_at(factor, step_now(factor["time_step"]))
+    pending = [admin.execute("SELECT * FROM totp.create_challenge(%s, %s, %s)",
+                             (svc, ident, factor["sid"])).fetchone()["sid"] for _ in range(N)]
+
+    def work(i, c):
+        if i % 3 == 0:
+            return call(c, UPDATE_CHALLENGE, (svc, ident, pending[i], code))
+        if i % 3 == 1:
+            return call(c, CREATE_CHALLENGE, (svc, ident, factor["sid"], code))
+        return call(c, VERIFY_FACTOR, (svc, ident, factor["sid"], code))
+
+    def delete(g):
+        if what == "factor":
+            g.execute("SELECT totp.delete_factor(%s, %s, %s)", (svc, ident, factor["sid"]))
+        else:
+            g.execute("SELECT totp.delete_entity(%s, %s)", (svc, ident))
+
+    outcomes = race(pool, work, gate=(gate_conn, admin, factor["sid"], delete))
+    allowed = {60390, 60391} if what == "factor" else {60392}
+    for o in outcomes:
+        assert o.sqlstate == "P0002" and o.twilio in allowed, o
+    assert private_challenges(admin, factor["sid"]) == []
+    assert private_factor(admin, factor["sid"]) is None
+
+
+def test_replay_guard_follows_a_time_step_change(admin):
+    """SPEC §3: update_factor may change time_step; the factor then expects the codes of the new
+    step, and the replay guard (the last step accepted, in units of the old step) must still let
+    a fresh code through rather than refuse every code as a replay. The code sent is that of the
+    next 60-second step (within skew 1), which starts after the consumed 30-second step ended.
+    (Regression: last_step used to stay in 30-second units, so every 60-second code was refused.)"""
+    svc = service_with_limits(admin)
+    ident = identity()
+    factor = enrol(admin, svc, ident)  # consumes a 30-second step (~5.9e7)
+    admin.execute("SELECT * FROM totp.update_factor(%s, %s, %s, time_step => 60)", (svc, ident, factor["sid"]))
+    factor = dict(factor, time_step=60)
+    wait_inside_step(60, 3)
+    code = code_at(factor, step_now(60) + 1)
+    row = admin.execute(CREATE_CHALLENGE, (svc, ident, factor["sid"], code)).fetchone()
+    assert row["status"] == "approved"
+    # And that code is now consumed in the new units.
+    again = admin.execute(CREATE_CHALLENGE, (svc, ident, factor["sid"], code)).fetchone()
+    assert again["status"] == "pending"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,7 +618,7 @@ def test_challenge_failed_attempts_are_exact_under_load(admin, pool):
 
 
 @pytest.mark.parametrize("created_wrong", [False, True])
-def test_challenge_attempt_limit_60308_exactly_at_limit(admin, pool, listener, created_wrong):
+def test_challenge_attempt_limit_60308_exactly_at_limit(admin, pool, listener, gate_conn, created_wrong):
     """Default limit 5. 32 sessions send one wrong code each to one pending challenge: the
     attempts that fit are `pending`, the 5th is `denied`, every later one is 60308. A challenge
     created with a wrong code already used one attempt."""
@@ -481,7 +633,8 @@ def test_challenge_attempt_limit_60308_exactly_at_limit(admin, pool, listener, c
     assert ch["status"] == "pending"
     drain_events(listener, 0.05)
 
-    outcomes = race(pool, lambda i, c: call(c, UPDATE_CHALLENGE, (svc, ident, ch["sid"], codes[i])))
+    outcomes = race(pool, lambda i, c: call(c, UPDATE_CHALLENGE, (svc, ident, ch["sid"], codes[i])),
+                    gate=(gate_conn, admin, factor["sid"]))
     for o in outcomes:
         assert o.ok or (o.sqlstate == "54000" and o.twilio == 60308), o
     assert statuses(outcomes) == {"pending": 4 - used, "denied": 1, "error 54000/60308": N - 5 + used}
@@ -510,7 +663,7 @@ def test_failed_verifications_are_exact_under_load(admin, pool):
 
 
 @pytest.mark.parametrize("limit,per_session", [(5, 1), (40, 2)])
-def test_factor_attempt_limit_60310_exactly_at_limit(admin, pool, limit, per_session):
+def test_factor_attempt_limit_60310_exactly_at_limit(admin, pool, gate_conn, limit, per_session):
     svc = service_with_limits(admin, max_factor_attempts=limit)
     ident = identity()
     factor = new_factor(admin, svc, ident)
@@ -520,7 +673,8 @@ def test_factor_attempt_limit_60310_exactly_at_limit(admin, pool, limit, per_ses
         return [call(c, VERIFY_FACTOR, (svc, ident, factor["sid"], codes[i * per_session + k]))
                 for k in range(per_session)]
 
-    outcomes = [o for per in race(pool, work) for o in per]
+    gate = (gate_conn, admin, factor["sid"]) if per_session == 1 else None
+    outcomes = [o for per in race(pool, work, gate=gate) for o in per]
     for o in outcomes:
         assert (o.ok and o.row["status"] == "unverified") or (o.sqlstate == "54000" and o.twilio == 60310), o
     assert statuses(outcomes) == {"unverified": limit, "error 54000/60310": N * per_session - limit}
@@ -531,13 +685,14 @@ def test_factor_attempt_limit_60310_exactly_at_limit(admin, pool, limit, per_ses
     assert o.sqlstate == "54000" and o.twilio == 60310
 
 
-@pytest.mark.parametrize("window", ["hour", "day"])
+@pytest.mark.parametrize("window", ["hour", "day", "short-code day"])
 def test_challenge_creation_limit_60312_exactly_at_limit(admin, pool, window):
-    limits = {"max_challenges_per_hour": 40} if window == "hour" else {"max_challenges_per_day": 30}
+    limits = {"hour": {"max_challenges_per_hour": 40}, "day": {"max_challenges_per_day": 30},
+              "short-code day": {"max_short_code_challenges_per_day": 10}}[window]
     limit = next(iter(limits.values()))
     svc = service_with_limits(admin, **limits)
     ident = identity()
-    factor = enrol(admin, svc, ident)
+    factor = enrol(admin, svc, ident, **({"code_length": 4} if window.startswith("short") else {}))
     codes = wrong_codes(factor, 2 * N)
 
     def work(i, c):

@@ -49,13 +49,9 @@ pub fn decode(text: &str) -> Result<Vec<u8>, Base32Error> {
     }
     // Each 8 characters carry 5 bytes; a trailing group of 1, 3 or 6 characters is impossible.
     if matches!(clean.len() % 8, 1 | 3 | 6) {
-        return Err(Base32Error::InvalidLength {
-            length: clean.len(),
-        });
+        return Err(Base32Error::InvalidLength { length: clean.len() });
     }
-    base32::decode(ALPHABET, &clean).ok_or(Base32Error::InvalidLength {
-        length: clean.len(),
-    })
+    base32::decode(ALPHABET, &clean).ok_or(Base32Error::InvalidLength { length: clean.len() })
 }
 
 #[cfg(test)]
@@ -90,24 +86,12 @@ mod tests {
 
     #[test]
     fn refuses_bad_characters_and_lengths() {
-        assert_eq!(
-            decode("MZXW1"),
-            Err(Base32Error::InvalidCharacter { position: 5 })
-        );
-        assert_eq!(
-            decode("MZ8"),
-            Err(Base32Error::InvalidCharacter { position: 3 })
-        );
-        assert_eq!(
-            decode("MZXWé"),
-            Err(Base32Error::InvalidCharacter { position: 5 })
-        );
+        assert_eq!(decode("MZXW1"), Err(Base32Error::InvalidCharacter { position: 5 }));
+        assert_eq!(decode("MZ8"), Err(Base32Error::InvalidCharacter { position: 3 }));
+        assert_eq!(decode("MZXWé"), Err(Base32Error::InvalidCharacter { position: 5 }));
         assert_eq!(decode("M"), Err(Base32Error::InvalidLength { length: 1 }));
         assert_eq!(decode("MZX"), Err(Base32Error::InvalidLength { length: 3 }));
-        assert_eq!(
-            decode("MZXW6Y"),
-            Err(Base32Error::InvalidLength { length: 6 })
-        );
+        assert_eq!(decode("MZXW6Y"), Err(Base32Error::InvalidLength { length: 6 }));
     }
 
     #[test]

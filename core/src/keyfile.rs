@@ -22,24 +22,19 @@ impl fmt::Display for KeyFileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeyFileError::Empty => f.write_str("the key file holds no key"),
-            KeyFileError::Malformed { line } => write!(
-                f,
-                "line {line} of the key file is not \"<id> <64 hex digits>\""
-            ),
-            KeyFileError::IdMismatch { line } => write!(
-                f,
-                "line {line} of the key file has an id that does not match its key"
-            ),
+            KeyFileError::Malformed { line } => {
+                write!(f, "line {line} of the key file is not \"<id> <64 hex digits>\"")
+            }
+            KeyFileError::IdMismatch { line } => {
+                write!(f, "line {line} of the key file has an id that does not match its key")
+            }
         }
     }
 }
 
 /// A key's id: the first 6 bytes of SHA-256("totp_verify key id" || key), as a positive integer.
 pub fn key_id(key: &[u8; KEY_BYTES]) -> i64 {
-    let digest = Sha256::new()
-        .chain_update(b"totp_verify key id")
-        .chain_update(key)
-        .finalize();
+    let digest = Sha256::new().chain_update(b"totp_verify key id").chain_update(key).finalize();
     let mut id = [0u8; 8];
     id[2..].copy_from_slice(&digest[..6]);
     i64::from_be_bytes(id)
@@ -65,9 +60,7 @@ pub fn parse(text: &str) -> Result<Vec<(i64, Key)>, KeyFileError> {
         let (Some(id), Some(hex), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(KeyFileError::Malformed { line: number });
         };
-        let id: i64 = id
-            .parse()
-            .map_err(|_| KeyFileError::Malformed { line: number })?;
+        let id: i64 = id.parse().map_err(|_| KeyFileError::Malformed { line: number })?;
         let key = decode_hex(hex).ok_or(KeyFileError::Malformed { line: number })?;
         if key_id(&key) != id {
             return Err(KeyFileError::IdMismatch { line: number });
@@ -125,16 +118,10 @@ mod tests {
     #[test]
     fn refuses_bad_files() {
         assert_eq!(parse("# nothing\n").unwrap_err(), KeyFileError::Empty);
-        assert_eq!(
-            parse("12 abc\n").unwrap_err(),
-            KeyFileError::Malformed { line: 1 }
-        );
+        assert_eq!(parse("12 abc\n").unwrap_err(), KeyFileError::Malformed { line: 1 });
         let (id, key) = generate();
         let good = render(&[(id, key)]);
         let swapped = good.replace(&id.to_string(), &(id + 1).to_string());
-        assert_eq!(
-            parse(&swapped).unwrap_err(),
-            KeyFileError::IdMismatch { line: 3 }
-        );
+        assert_eq!(parse(&swapped).unwrap_err(), KeyFileError::IdMismatch { line: 3 });
     }
 }

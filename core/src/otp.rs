@@ -78,12 +78,7 @@ pub fn hotp_value(secret: &[u8], counter: u64, alg: Algorithm) -> u32 {
         Algorithm::Sha512 => hmac::<Hmac<sha2::Sha512>>(secret, &message),
     };
     let offset = (digest[digest.len() - 1] & 0x0f) as usize;
-    u32::from_be_bytes([
-        digest[offset] & 0x7f,
-        digest[offset + 1],
-        digest[offset + 2],
-        digest[offset + 3],
-    ])
+    u32::from_be_bytes([digest[offset] & 0x7f, digest[offset + 1], digest[offset + 2], digest[offset + 3]])
 }
 
 /// The HOTP code for `counter`: `digits` decimal digits, left-padded with zeros.
@@ -104,13 +99,7 @@ pub fn time_step(unix_seconds: i64, step_seconds: u32) -> Option<u64> {
 }
 
 /// The TOTP code at `unix_seconds`, or `None` before the epoch.
-pub fn totp(
-    secret: &[u8],
-    unix_seconds: i64,
-    step_seconds: u32,
-    digits: u32,
-    alg: Algorithm,
-) -> Option<String> {
+pub fn totp(secret: &[u8], unix_seconds: i64, step_seconds: u32, digits: u32, alg: Algorithm) -> Option<String> {
     time_step(unix_seconds, step_seconds).map(|t| hotp(secret, t, digits, alg))
 }
 
@@ -173,39 +162,22 @@ mod tests {
     ];
 
     /// RFC 4226 Appendix D: counters 0..=9, 6 digits, SHA-1.
-    pub const RFC4226: [&str; 10] = [
-        "755224", "287082", "359152", "969429", "338314", "254676", "287922", "162583", "399871",
-        "520489",
-    ];
+    pub const RFC4226: [&str; 10] =
+        ["755224", "287082", "359152", "969429", "338314", "254676", "287922", "162583", "399871", "520489"];
 
     #[test]
     fn rfc4226_appendix_d() {
         for (counter, expected) in RFC4226.iter().enumerate() {
-            assert_eq!(
-                hotp(SEED_SHA1, counter as u64, 6, Algorithm::Sha1),
-                *expected
-            );
+            assert_eq!(hotp(SEED_SHA1, counter as u64, 6, Algorithm::Sha1), *expected);
         }
     }
 
     #[test]
     fn rfc6238_appendix_b() {
         for (t, sha1, sha256, sha512) in RFC6238 {
-            assert_eq!(
-                totp(SEED_SHA1, t, 30, 8, Algorithm::Sha1).unwrap(),
-                sha1,
-                "sha1 @ {t}"
-            );
-            assert_eq!(
-                totp(SEED_SHA256, t, 30, 8, Algorithm::Sha256).unwrap(),
-                sha256,
-                "sha256 @ {t}"
-            );
-            assert_eq!(
-                totp(SEED_SHA512, t, 30, 8, Algorithm::Sha512).unwrap(),
-                sha512,
-                "sha512 @ {t}"
-            );
+            assert_eq!(totp(SEED_SHA1, t, 30, 8, Algorithm::Sha1).unwrap(), sha1, "sha1 @ {t}");
+            assert_eq!(totp(SEED_SHA256, t, 30, 8, Algorithm::Sha256).unwrap(), sha256, "sha256 @ {t}");
+            assert_eq!(totp(SEED_SHA512, t, 30, 8, Algorithm::Sha512).unwrap(), sha512, "sha512 @ {t}");
         }
     }
 
@@ -214,12 +186,7 @@ mod tests {
         // counter 1 truncates to 1094287082: 10 digits; counter 0 to 1284755224.
         assert_eq!(hotp(SEED_SHA1, 1, 10, Algorithm::Sha1), "1094287082");
         assert_eq!(hotp(SEED_SHA1, 1, 1, Algorithm::Sha1), "2");
-        assert_eq!(
-            totp(SEED_SHA1, 1111111109, 30, 8, Algorithm::Sha1)
-                .unwrap()
-                .len(),
-            8
-        );
+        assert_eq!(totp(SEED_SHA1, 1111111109, 30, 8, Algorithm::Sha1).unwrap().len(), 8);
     }
 
     #[test]
@@ -236,12 +203,7 @@ mod tests {
     }
 
     fn params(skew: u32) -> CodeParams {
-        CodeParams {
-            alg: Algorithm::Sha1,
-            digits: 6,
-            step_seconds: 30,
-            skew,
-        }
+        CodeParams { alg: Algorithm::Sha1, digits: 6, step_seconds: 30, skew }
     }
 
     #[test]
@@ -263,27 +225,15 @@ mod tests {
     fn window_refuses_replayed_and_older_steps() {
         let now = 1000u64;
         let code = hotp(SEED_SHA1, now, 6, Algorithm::Sha1);
-        assert_eq!(
-            match_step(SEED_SHA1, &code, now, Some(999), params(1)),
-            Some(now)
-        );
-        assert_eq!(
-            match_step(SEED_SHA1, &code, now, Some(now), params(1)),
-            None
-        );
-        assert_eq!(
-            match_step(SEED_SHA1, &code, now, Some(now + 1), params(1)),
-            None
-        );
+        assert_eq!(match_step(SEED_SHA1, &code, now, Some(999), params(1)), Some(now));
+        assert_eq!(match_step(SEED_SHA1, &code, now, Some(now), params(1)), None);
+        assert_eq!(match_step(SEED_SHA1, &code, now, Some(now + 1), params(1)), None);
     }
 
     #[test]
     fn wrong_shapes_never_match() {
         let code = hotp(SEED_SHA1, 5, 6, Algorithm::Sha1);
         assert_eq!(match_step(SEED_SHA1, &code[..5], 5, None, params(0)), None);
-        assert_eq!(
-            match_step(SEED_SHA1, &format!("{code}0"), 5, None, params(0)),
-            None
-        );
+        assert_eq!(match_step(SEED_SHA1, &format!("{code}0"), 5, None, params(0)), None);
     }
 }

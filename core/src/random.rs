@@ -8,9 +8,7 @@ use rand::TryRng;
 /// Failure of the OS generator is not something a caller can recover from and must never be
 /// papered over with a weaker generator, so it aborts the call (pgrx turns the panic into an ERROR).
 pub fn fill(buf: &mut [u8]) {
-    SysRng
-        .try_fill_bytes(buf)
-        .expect("the operating system's random number generator failed");
+    SysRng.try_fill_bytes(buf).expect("the operating system's random number generator failed");
 }
 
 /// `n` bytes from the OS CSPRNG.

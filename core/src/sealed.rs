@@ -31,27 +31,14 @@ pub fn seal(key: &[u8; KEY_BYTES], aad: &[u8], secret: &[u8]) -> Vec<u8> {
 }
 
 /// Opens a sealed secret; the plaintext is wiped from memory when dropped.
-pub fn open(
-    key: &[u8; KEY_BYTES],
-    aad: &[u8],
-    sealed: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, OpenFailed> {
+pub fn open(key: &[u8; KEY_BYTES], aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenFailed> {
     if sealed.len() < NONCE_BYTES + 16 {
         return Err(OpenFailed);
     }
     let (nonce, ciphertext) = sealed.split_at(NONCE_BYTES);
     let nonce: [u8; NONCE_BYTES] = nonce.try_into().map_err(|_| OpenFailed)?;
     let cipher = Aes256Gcm::new(key.into());
-    cipher
-        .decrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: ciphertext,
-                aad,
-            },
-        )
-        .map(Zeroizing::new)
-        .map_err(|_| OpenFailed)
+    cipher.decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad }).map(Zeroizing::new).map_err(|_| OpenFailed)
 }
 
 #[cfg(test)]
@@ -63,20 +50,9 @@ mod tests {
         let key = [7u8; KEY_BYTES];
         let sealed = seal(&key, b"YFaaaa", b"12345678901234567890");
         assert!(!sealed.windows(20).any(|w| w == b"12345678901234567890"));
-        assert_eq!(
-            open(&key, b"YFaaaa", &sealed).unwrap().as_slice(),
-            b"12345678901234567890"
-        );
-        assert_eq!(
-            open(&key, b"YFbbbb", &sealed),
-            Err(OpenFailed),
-            "moved to another row"
-        );
-        assert_eq!(
-            open(&[8u8; KEY_BYTES], b"YFaaaa", &sealed),
-            Err(OpenFailed),
-            "wrong key"
-        );
+        assert_eq!(open(&key, b"YFaaaa", &sealed).unwrap().as_slice(), b"12345678901234567890");
+        assert_eq!(open(&key, b"YFbbbb", &sealed), Err(OpenFailed), "moved to another row");
+        assert_eq!(open(&[8u8; KEY_BYTES], b"YFaaaa", &sealed), Err(OpenFailed), "wrong key");
         let mut tampered = sealed.clone();
         tampered[20] ^= 1;
         assert_eq!(open(&key, b"YFaaaa", &tampered), Err(OpenFailed));

@@ -52,9 +52,7 @@ pub fn generate(kind: SidKind) -> String {
 pub fn is_valid(kind: SidKind, text: &str) -> bool {
     text.len() == SID_LEN
         && text.starts_with(kind.prefix())
-        && text[2..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && text[2..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -65,12 +63,7 @@ mod tests {
     #[test]
     fn generated_sids_are_well_formed_and_distinct() {
         let mut seen = HashSet::new();
-        for kind in [
-            SidKind::Service,
-            SidKind::Entity,
-            SidKind::Factor,
-            SidKind::Challenge,
-        ] {
+        for kind in [SidKind::Service, SidKind::Entity, SidKind::Factor, SidKind::Challenge] {
             for _ in 0..1000 {
                 let sid = generate(kind);
                 assert!(is_valid(kind, &sid), "{sid}");
@@ -85,14 +78,8 @@ mod tests {
         assert!(!is_valid(SidKind::Challenge, &good));
         assert!(!is_valid(SidKind::Factor, &good.to_uppercase()));
         assert!(!is_valid(SidKind::Factor, &good[..33]));
-        assert!(!is_valid(
-            SidKind::Factor,
-            "YF0123456789abcdef0123456789abcdeg"
-        ));
-        assert!(!is_valid(
-            SidKind::Factor,
-            "YFé123456789abcdef0123456789abcde"
-        ));
+        assert!(!is_valid(SidKind::Factor, "YF0123456789abcdef0123456789abcdeg"));
+        assert!(!is_valid(SidKind::Factor, "YFé123456789abcdef0123456789abcde"));
         assert!(!is_valid(SidKind::Factor, ""));
     }
 }

@@ -39,19 +39,11 @@ impl KeyUri<'_> {
         match self.issuer {
             Some(issuer) => {
                 let issuer = percent_encode(issuer);
-                uri.push_str(&format!(
-                    "{issuer}:{account}?secret={}&issuer={issuer}",
-                    self.secret
-                ));
+                uri.push_str(&format!("{issuer}:{account}?secret={}&issuer={issuer}", self.secret));
             }
             None => uri.push_str(&format!("{account}?secret={}", self.secret)),
         }
-        uri.push_str(&format!(
-            "&algorithm={}&digits={}&period={}",
-            self.alg.uri_name(),
-            self.digits,
-            self.period
-        ));
+        uri.push_str(&format!("&algorithm={}&digits={}&period={}", self.alg.uri_name(), self.digits, self.period));
         uri
     }
 }
@@ -98,18 +90,9 @@ mod tests {
 
     #[test]
     fn no_issuer() {
-        let uri = KeyUri {
-            secret: "MZXW6",
-            account: "alice",
-            issuer: None,
-            alg: Algorithm::Sha256,
-            digits: 6,
-            period: 30,
-        }
-        .render();
-        assert_eq!(
-            uri,
-            "otpauth://totp/alice?secret=MZXW6&algorithm=SHA256&digits=6&period=30"
-        );
+        let uri =
+            KeyUri { secret: "MZXW6", account: "alice", issuer: None, alg: Algorithm::Sha256, digits: 6, period: 30 }
+                .render();
+        assert_eq!(uri, "otpauth://totp/alice?secret=MZXW6&algorithm=SHA256&digits=6&period=30");
     }
 }

@@ -12,10 +12,7 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(field: &'static str, rule: impl Into<String>) -> Self {
-        Invalid {
-            field,
-            rule: rule.into(),
-        }
+        Invalid { field, rule: rule.into() }
     }
 }
 
@@ -44,10 +41,7 @@ pub const SECRET_MAX_BYTES: usize = 128;
 pub fn friendly_name(field: &'static str, name: &str) -> Checked<()> {
     let chars = name.chars().count();
     if chars == 0 || chars > NAME_MAX_CHARS {
-        return Err(Invalid::new(
-            field,
-            format!("must be 1 to {NAME_MAX_CHARS} characters"),
-        ));
+        return Err(Invalid::new(field, format!("must be 1 to {NAME_MAX_CHARS} characters")));
     }
     if name.chars().any(char::is_control) {
         return Err(Invalid::new(field, "must not contain control characters"));
@@ -66,9 +60,8 @@ pub fn identity(identity: &str) -> Checked<()> {
     if identity.is_empty() || identity.len() > IDENTITY_MAX_CHARS {
         return Err(rule());
     }
-    let groups_ok = identity
-        .split('-')
-        .all(|group| !group.is_empty() && group.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let groups_ok =
+        identity.split('-').all(|group| !group.is_empty() && group.bytes().all(|b| b.is_ascii_alphanumeric()));
     if groups_ok {
         Ok(())
     } else {
@@ -79,25 +72,16 @@ pub fn identity(identity: &str) -> Checked<()> {
 /// An integer setting within an inclusive range.
 pub fn in_range(field: &'static str, value: i32, (min, max): (i32, i32)) -> Checked<u32> {
     if value < min || value > max {
-        return Err(Invalid::new(
-            field,
-            format!("must be between {min} and {max}"),
-        ));
+        return Err(Invalid::new(field, format!("must be between {min} and {max}")));
     }
     Ok(value as u32)
 }
 
 /// The optional TOTP settings of a service or factor: each within Twilio's range when given.
-pub fn settings(
-    time_step: Option<i32>,
-    code_length: Option<i32>,
-    skew: Option<i32>,
-) -> Checked<()> {
-    for (field, value, range) in [
-        ("time_step", time_step, TIME_STEP),
-        ("code_length", code_length, CODE_LENGTH),
-        ("skew", skew, SKEW),
-    ] {
+pub fn settings(time_step: Option<i32>, code_length: Option<i32>, skew: Option<i32>) -> Checked<()> {
+    for (field, value, range) in
+        [("time_step", time_step, TIME_STEP), ("code_length", code_length, CODE_LENGTH), ("skew", skew, SKEW)]
+    {
         if let Some(value) = value {
             in_range(field, value, range)?;
         }
@@ -110,29 +94,19 @@ pub fn settings(
 pub fn auth_payload(payload: &str) -> Checked<()> {
     let (min, max) = PAYLOAD_CHARS;
     if payload.len() < min || payload.len() > max || !payload.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Invalid::new(
-            "auth_payload",
-            format!("must be {min} to {max} ASCII digits"),
-        ));
+        return Err(Invalid::new("auth_payload", format!("must be {min} to {max} ASCII digits")));
     }
     Ok(())
 }
 
 /// A caller-supplied secret: base32 of 128 bits or more.
 pub fn secret(text: &str) -> Checked<Vec<u8>> {
-    let bytes = crate::base32::decode(text)
-        .map_err(|e| Invalid::new("secret", format!("is not base32: {e}")))?;
+    let bytes = crate::base32::decode(text).map_err(|e| Invalid::new("secret", format!("is not base32: {e}")))?;
     if bytes.len() < SECRET_MIN_BYTES {
-        return Err(Invalid::new(
-            "secret",
-            "must carry at least 128 bits (26 base32 characters)",
-        ));
+        return Err(Invalid::new("secret", "must carry at least 128 bits (26 base32 characters)"));
     }
     if bytes.len() > SECRET_MAX_BYTES {
-        return Err(Invalid::new(
-            "secret",
-            format!("must carry at most {SECRET_MAX_BYTES} bytes"),
-        ));
+        return Err(Invalid::new("secret", format!("must carry at most {SECRET_MAX_BYTES} bytes")));
     }
     Ok(bytes)
 }
@@ -143,10 +117,7 @@ pub fn json_object(field: &'static str, is_object: bool, text_len: usize) -> Che
         return Err(Invalid::new(field, "must be a JSON object"));
     }
     if text_len > JSON_MAX_CHARS {
-        return Err(Invalid::new(
-            field,
-            format!("must be at most {JSON_MAX_CHARS} characters"),
-        ));
+        return Err(Invalid::new(field, format!("must be at most {JSON_MAX_CHARS} characters")));
     }
     Ok(())
 }
@@ -157,26 +128,10 @@ mod tests {
 
     #[test]
     fn identities() {
-        for ok in [
-            "42",
-            "user-42",
-            "ff8cc8a1-5f3a-4f0e-9b3e-1f2d3c4b5a69",
-            &"a".repeat(64),
-        ] {
+        for ok in ["42", "user-42", "ff8cc8a1-5f3a-4f0e-9b3e-1f2d3c4b5a69", &"a".repeat(64)] {
             assert!(identity(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "-a",
-            "a-",
-            "a--b",
-            "a b",
-            "a_b",
-            "é",
-            "a'b",
-            &"a".repeat(65),
-            "a\nb",
-        ] {
+        for bad in ["", "-a", "a-", "a--b", "a b", "a_b", "é", "a'b", &"a".repeat(65), "a\nb"] {
             assert!(identity(bad).is_err(), "{bad:?}");
         }
     }
@@ -203,10 +158,7 @@ mod tests {
 
     #[test]
     fn secrets() {
-        assert_eq!(
-            secret("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").unwrap(),
-            b"12345678901234567890"
-        );
+        assert_eq!(secret("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").unwrap(), b"12345678901234567890");
         assert!(secret("GEZDGNBVGY3TQOJQ").is_err(), "80 bits is too short");
         assert!(secret("gezd gnbv gy3t qojq gezd gnbv gy3t qojq====").is_ok());
         assert!(secret("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJ1").is_err());

@@ -148,6 +148,16 @@ CREATE INDEX challenges_pending_expiry ON totp_private.challenges (expiration_da
 CREATE INDEX challenges_approved ON totp_private.challenges (identity, service_sid, date_responded)
     WHERE status = 'approved';
 
+-- The name of this database's key file, totp_verify-<keyring_id>.key in the data directory, and
+-- the database it belongs to (a restored copy adopts a file of its own; see src/keyring.rs).
+CREATE TABLE totp_private.keyring (
+    one_row                      boolean     NOT NULL PRIMARY KEY DEFAULT true CHECK (one_row),
+    keyring_id                   text        NOT NULL CHECK (keyring_id ~ '^[0-9a-f]{32}$'),
+    database_oid                 oid         NOT NULL
+);
+-- Its one row is written on first use, not here, so that a restore's copy of the source's row
+-- does not collide with a fresh one.
+
 -- Which keys have sealed secrets in this database. Only ids and states, never key material
 -- (SPEC §8: the key never lives in a table); lets rotation and a missing key file be told apart.
 CREATE TABLE totp_private.keys (
@@ -187,10 +197,11 @@ SELECT pg_catalog.pg_extension_config_dump('totp_private.factors', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.factor_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.challenges', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.keys', '');
+SELECT pg_catalog.pg_extension_config_dump('totp_private.keyring', '');
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/codes.rs:84
+-- src/api/codes.rs:73
 -- totp_verify::api::codes::base32_decode
 CREATE  FUNCTION "base32_decode"(
 	"text" TEXT /* & str */
@@ -201,7 +212,7 @@ AS 'MODULE_PATHNAME', 'base32_decode_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/codes.rs:78
+-- src/api/codes.rs:67
 -- totp_verify::api::codes::base32_encode
 CREATE  FUNCTION "base32_encode"(
 	"data" bytea /* & [u8] */
@@ -212,7 +223,7 @@ AS 'MODULE_PATHNAME', 'base32_encode_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/challenges.rs:124
+-- src/api/challenges.rs:81
 -- totp_verify::api::challenges::create_challenge
 CREATE  FUNCTION "create_challenge"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -231,7 +242,7 @@ AS 'MODULE_PATHNAME', 'create_challenge_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/entities.rs:24
+-- src/api/entities.rs:23
 -- totp_verify::api::entities::create_entity
 CREATE  FUNCTION "create_entity"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -245,7 +256,7 @@ AS 'MODULE_PATHNAME', 'create_entity_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/factors.rs:115
+-- src/api/factors.rs:95
 -- totp_verify::api::factors::create_factor
 CREATE  FUNCTION "create_factor"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -283,7 +294,7 @@ AS 'MODULE_PATHNAME', 'create_service_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/entities.rs:59
+-- src/api/entities.rs:51
 -- totp_verify::api::entities::delete_entity
 CREATE  FUNCTION "delete_entity"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -296,7 +307,7 @@ AS 'MODULE_PATHNAME', 'delete_entity_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/factors.rs:521
+-- src/api/factors.rs:407
 -- totp_verify::api::factors::delete_factor
 CREATE  FUNCTION "delete_factor"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -310,7 +321,7 @@ AS 'MODULE_PATHNAME', 'delete_factor_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/services.rs:130
+-- src/api/services.rs:125
 -- totp_verify::api::services::delete_service
 CREATE  FUNCTION "delete_service"(
 	"sid" TEXT /* Option < & str > */
@@ -322,7 +333,7 @@ AS 'MODULE_PATHNAME', 'delete_service_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/codes.rs:90
+-- src/api/codes.rs:79
 -- totp_verify::api::codes::generate_secret
 CREATE  FUNCTION "generate_secret"(
 	"bytes" INT DEFAULT 20 /* i32 */
@@ -333,7 +344,7 @@ AS 'MODULE_PATHNAME', 'generate_secret_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/challenges.rs:386
+-- src/api/challenges.rs:289
 -- totp_verify::api::challenges::has_recent_approval
 CREATE  FUNCTION "has_recent_approval"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -425,7 +436,7 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/codes.rs:36
+-- src/api/codes.rs:32
 -- totp_verify::api::codes::hotp_code
 CREATE  FUNCTION "hotp_code"(
 	"secret" bytea, /* & [u8] */
@@ -439,7 +450,7 @@ AS 'MODULE_PATHNAME', 'hotp_code_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/codes.rs:100
+-- src/api/codes.rs:87
 -- totp_verify::api::codes::otpauth_uri
 CREATE  FUNCTION "otpauth_uri"(
 	"secret" TEXT, /* Option < & str > */
@@ -455,7 +466,7 @@ AS 'MODULE_PATHNAME', 'otpauth_uri_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/codes.rs:136
+-- src/api/codes.rs:122
 -- totp_verify::api::codes::qr_svg
 CREATE  FUNCTION "qr_svg"(
 	"text" TEXT /* & str */
@@ -466,7 +477,7 @@ AS 'MODULE_PATHNAME', 'qr_svg_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/keys.rs:75
+-- src/api/keys.rs:83
 -- totp_verify::api::keys::retire_keys
 CREATE  FUNCTION "retire_keys"() RETURNS bigint[] /* Result < Vec < i64 > , ErrorReport > */
 STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
@@ -476,13 +487,14 @@ AS 'MODULE_PATHNAME', 'retire_keys_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/keys.rs:83
+-- src/api/keys.rs:94
 -- totp_verify::api::keys::rotate_key
 CREATE  FUNCTION "rotate_key"(
 	"batch_size" INT DEFAULT 1000 /* i32 */
 ) RETURNS TABLE (
 	"new_key_id" bigint,  /* i64 */
 	"resealed" bigint,  /* i64 */
+	"unreadable" bigint,  /* i64 */
 	"retired_key_ids" bigint[]  /* Vec < i64 > */
 )
 STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
@@ -492,7 +504,7 @@ AS 'MODULE_PATHNAME', 'rotate_key_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/maintenance.rs:28
+-- src/api/maintenance.rs:26
 -- totp_verify::api::maintenance::run_maintenance
 CREATE  FUNCTION "run_maintenance"() RETURNS TABLE (
 	"expired_challenges" bigint,  /* i64 */
@@ -505,7 +517,7 @@ AS 'MODULE_PATHNAME', 'run_maintenance_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/codes.rs:51
+-- src/api/codes.rs:47
 -- totp_verify::api::codes::totp_code
 CREATE  FUNCTION "totp_code"(
 	"secret" bytea, /* & [u8] */
@@ -520,7 +532,7 @@ AS 'MODULE_PATHNAME', 'totp_code_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/challenges.rs:275
+-- src/api/challenges.rs:208
 -- totp_verify::api::challenges::update_challenge
 CREATE  FUNCTION "update_challenge"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -537,7 +549,7 @@ AS 'MODULE_PATHNAME', 'update_challenge_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/factors.rs:460
+-- src/api/factors.rs:352
 -- totp_verify::api::factors::update_factor
 CREATE  FUNCTION "update_factor"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -576,7 +588,7 @@ AS 'MODULE_PATHNAME', 'update_service_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/factors.rs:374
+-- src/api/factors.rs:300
 -- totp_verify::api::factors::verify_factor
 CREATE  FUNCTION "verify_factor"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -592,7 +604,7 @@ AS 'MODULE_PATHNAME', 'verify_factor_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:36
+-- src/lib.rs:32
 -- requires:
 --   finalize
 
@@ -720,7 +732,7 @@ END
 $comments$;
 
 
--- src/lib.rs:35
+-- src/lib.rs:31
 -- finalize
 -- Privileges (SPEC §7): after CREATE EXTENSION, PUBLIC can do nothing. Functions are
 -- executable by PUBLIC by default in Postgres, so take that back; tables and views are not

@@ -30,42 +30,19 @@ fn count_in_window(start: Option<i64>, count: i32, now: Now, width: i64) -> (i64
 }
 
 /// The factor's challenge-creation windows after one more creation, or 60312.
-fn count_creation(
-    service: &Service,
-    factor: &LockedFactor,
-    now: Now,
-) -> TotpResult<[(i64, i32); 2]> {
-    let hour = count_in_window(
-        factor.challenge_hour_start,
-        factor.challenges_in_hour,
-        now,
-        MICROS_PER_HOUR,
-    );
-    let day = count_in_window(
-        factor.challenge_day_start,
-        factor.challenges_in_day,
-        now,
-        MICROS_PER_DAY,
-    );
+fn count_creation(service: &Service, factor: &LockedFactor, now: Now) -> TotpResult<[(i64, i32); 2]> {
+    let hour = count_in_window(factor.challenge_hour_start, factor.challenges_in_hour, now, MICROS_PER_HOUR);
+    let day = count_in_window(factor.challenge_day_start, factor.challenges_in_day, now, MICROS_PER_DAY);
     let (hour_limit, day_limit) = if factor.code_length <= SHORT_CODE_MAX_LENGTH {
         (None, service.max_short_code_challenges_per_day)
     } else {
-        (
-            Some(service.max_challenges_per_hour),
-            service.max_challenges_per_day,
-        )
+        (Some(service.max_challenges_per_hour), service.max_challenges_per_day)
     };
     if let Some(limit) = hour_limit.filter(|limit| hour.1 > *limit) {
-        return Err(TotpError::ChallengeCreationRateLimited {
-            limit,
-            window: "hour",
-        });
+        return Err(TotpError::ChallengeCreationRateLimited { limit, window: "hour" });
     }
     if day.1 > day_limit {
-        return Err(TotpError::ChallengeCreationRateLimited {
-            limit: day_limit,
-            window: "24 hours",
-        });
+        return Err(TotpError::ChallengeCreationRateLimited { limit: day_limit, window: "24 hours" });
     }
     Ok([hour, day])
 }
@@ -82,37 +59,17 @@ static COUNT_CREATION: Sql = Sql {
 };
 
 static INSERT: Sql = Sql {
-    text:
-        "INSERT INTO totp_private.challenges (identity, sid, service_sid, entity_sid, factor_sid, \
+    text: "INSERT INTO totp_private.challenges (identity, sid, service_sid, entity_sid, factor_sid, \
              status, details, hidden_details, expiration_date, date_responded, date_created, \
              date_updated, failed_attempts) \
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
-    params: &[
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        JSONB,
-        JSONB,
-        TIMESTAMPTZ,
-        TIMESTAMPTZ,
-        TIMESTAMPTZ,
-        INT4,
-    ],
+    params: &[TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, TIMESTAMPTZ, TIMESTAMPTZ, INT4],
 };
 
-static SELECT_ROW: Sql = Sql {
-    text: "SELECT c FROM totp.challenges c WHERE c.identity = $1 AND c.sid = $2",
-    params: &[TEXT, TEXT],
-};
+static SELECT_ROW: Sql =
+    Sql { text: "SELECT c FROM totp.challenges c WHERE c.identity = $1 AND c.sid = $2", params: &[TEXT, TEXT] };
 
-fn row(
-    client: &mut pgrx::spi::SpiClient<'_>,
-    identity: &str,
-    challenge_sid: &str,
-) -> TotpResult<ChallengeRow> {
+fn row(client: &mut pgrx::spi::SpiClient<'_>, identity: &str, challenge_sid: &str) -> TotpResult<ChallengeRow> {
     let table = db::exec(client, &SELECT_ROW, &[arg(identity), arg(challenge_sid)])?;
     db::req(&table.first(), 1)
 }
@@ -162,21 +119,13 @@ fn create_challenge(
         }
         let [hour, day] = count_creation(&service, &factor, now)?;
         let accepted = match auth_payload {
-            Some(payload) => factor.accepts(payload, now)?,
+            Some(payload) => factor.accepts(client, payload, now)?,
             None => None,
         };
         db::exec(
             client,
             &COUNT_CREATION,
-            &[
-                arg(identity),
-                arg(factor_sid),
-                arg(ts(hour.0)),
-                arg(hour.1),
-                arg(ts(day.0)),
-                arg(day.1),
-                arg(accepted),
-            ],
+            &[arg(identity), arg(factor_sid), arg(ts(hour.0)), arg(hour.1), arg(ts(day.0)), arg(day.1), arg(accepted)],
         )?;
         let wrong = auth_payload.is_some() && accepted.is_none();
         let failed_attempts = i32::from(wrong);
@@ -207,15 +156,7 @@ fn create_challenge(
                 arg(failed_attempts),
             ],
         )?;
-        announce(
-            client,
-            status,
-            service_sid,
-            identity,
-            factor_sid,
-            &challenge_sid,
-            now,
-        )?;
+        announce(client, status, service_sid, identity, factor_sid, &challenge_sid, now)?;
         row(client, identity, &challenge_sid)
     })?)
 }
@@ -234,15 +175,7 @@ fn announce(
         "denied" => Event::ChallengeDenied,
         _ => return Ok(()),
     };
-    events::send(
-        client,
-        event,
-        service_sid,
-        identity,
-        factor_sid,
-        Some(challenge_sid),
-        now,
-    )
+    events::send(client, event, service_sid, identity, factor_sid, Some(challenge_sid), now)
 }
 
 static FIND: Sql = Sql {
@@ -289,19 +222,9 @@ fn update_challenge(
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<ChallengeRow> {
         let service = super::services::load(client, service_sid, now)?;
-        let found = db::exec(
-            client,
-            &FIND,
-            &[arg(identity), arg(challenge_sid), arg(service_sid)],
-        )?;
+        let found = db::exec(client, &FIND, &[arg(identity), arg(challenge_sid), arg(service_sid)])?;
         let Some(found) = db::first(found) else {
-            return Err(super::entities::missing(
-                client,
-                service_sid,
-                identity,
-                SidKind::Challenge,
-                challenge_sid,
-            ));
+            return Err(super::entities::missing(client, service_sid, identity, SidKind::Challenge, challenge_sid));
         };
         let factor_sid: String = db::req(&found, 1)?;
         // Lock order is factor, then challenge, as in delete_factor's cascade: no deadlock.
@@ -312,32 +235,20 @@ fn update_challenge(
         let failed_attempts: i32 = db::req(&challenge, 3)?;
         match status.as_str() {
             "approved" => return Err(TotpError::ChallengeResponded { status }),
-            "denied" => {
-                return Err(TotpError::ChallengeAttemptsExhausted {
-                    limit: service.max_challenge_attempts,
-                })
-            }
+            "denied" => return Err(TotpError::ChallengeAttemptsExhausted { limit: service.max_challenge_attempts }),
             "expired" => return Err(TotpError::ChallengeExpired),
             _ if expiration.into_inner() <= now.micros => return Err(TotpError::ChallengeExpired),
             _ if failed_attempts >= service.max_challenge_attempts => {
-                return Err(TotpError::ChallengeAttemptsExhausted {
-                    limit: service.max_challenge_attempts,
-                })
+                return Err(TotpError::ChallengeAttemptsExhausted { limit: service.max_challenge_attempts })
             }
             _ => {}
         }
-        let (status, failed_attempts) = match factor.accepts(payload, now)? {
+        let (status, failed_attempts) = match factor.accepts(client, payload, now)? {
             Some(step) => {
-                db::exec(
-                    client,
-                    &CONSUME_STEP,
-                    &[arg(identity), arg(factor_sid.as_str()), arg(step)],
-                )?;
+                db::exec(client, &CONSUME_STEP, &[arg(identity), arg(factor_sid.as_str()), arg(step)])?;
                 ("approved", failed_attempts)
             }
-            None if failed_attempts + 1 >= service.max_challenge_attempts => {
-                ("denied", failed_attempts + 1)
-            }
+            None if failed_attempts + 1 >= service.max_challenge_attempts => ("denied", failed_attempts + 1),
             None => ("pending", failed_attempts + 1),
         };
         let responded = (status != "pending").then(|| now.timestamptz());
@@ -354,15 +265,7 @@ fn update_challenge(
                 arg(now.timestamptz()),
             ],
         )?;
-        announce(
-            client,
-            status,
-            service_sid,
-            identity,
-            &factor_sid,
-            challenge_sid,
-            now,
-        )?;
+        announce(client, status, service_sid, identity, &factor_sid, challenge_sid, now)?;
         row(client, identity, challenge_sid)
     })?)
 }
@@ -391,9 +294,7 @@ fn has_recent_approval(
     within: Option<pgrx::datum::Interval>,
 ) -> Result<bool, ErrorReport> {
     let service_sid = sid_arg("service_sid", SidKind::Service, service_sid)?;
-    let within = required("within", within)?
-        .as_micros()
-        .min(LONGEST_WINDOW_MICROS);
+    let within = required("within", within)?.as_micros().min(LONGEST_WINDOW_MICROS);
     let Some(identity) = identity.filter(|i| validate::identity(i).is_ok()) else {
         return Ok(false);
     };
@@ -401,14 +302,7 @@ fn has_recent_approval(
         return Ok(false);
     }
     Ok(Spi::connect(|client| -> TotpResult<bool> {
-        let table = db::query(
-            client,
-            &RECENT_APPROVAL,
-            &[arg(identity), arg(service_sid), arg(within as i64)],
-        )?;
-        Ok(db::first(table)
-            .map(|row| db::req::<bool>(&row, 1))
-            .transpose()?
-            .unwrap_or(false))
+        let table = db::query(client, &RECENT_APPROVAL, &[arg(identity), arg(service_sid), arg(within as i64)])?;
+        Ok(db::first(table).map(|row| db::req::<bool>(&row, 1)).transpose()?.unwrap_or(false))
     })?)
 }

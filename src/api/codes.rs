@@ -14,10 +14,7 @@ use crate::error::{TotpError, TotpResult};
 /// The pure functions accept wider ranges than factors do (RFC 4226 allows 1–10 digits).
 const DIGITS: (i32, i32) = (MIN_DIGITS as i32, MAX_DIGITS as i32);
 const PERIOD: (i32, i32) = (1, 86_400);
-const SECRET_BYTES: (i32, i32) = (
-    validate::SECRET_MIN_BYTES as i32,
-    validate::SECRET_MAX_BYTES as i32,
-);
+const SECRET_BYTES: (i32, i32) = (validate::SECRET_MIN_BYTES as i32, validate::SECRET_MAX_BYTES as i32);
 
 fn invalid(field: &'static str, rule: impl Into<String>) -> TotpError {
     TotpError::invalid_service(Invalid::new(field, rule))
@@ -28,8 +25,7 @@ fn digits_arg(digits: i32) -> TotpResult<u32> {
 }
 
 fn alg_arg(alg: &str) -> TotpResult<Algorithm> {
-    alg.parse()
-        .map_err(|e: otp::UnknownAlgorithm| invalid("alg", e.to_string()))
+    alg.parse().map_err(|e: otp::UnknownAlgorithm| invalid("alg", e.to_string()))
 }
 
 /// RFC 4226 HOTP code of `secret` at `counter`.
@@ -56,21 +52,14 @@ fn totp_code(
     digits: default!(i32, 6),
     alg: default!(&str, "'sha1'"),
 ) -> Result<String, ErrorReport> {
-    let step =
-        validate::in_range("time_step", time_step, PERIOD).map_err(TotpError::invalid_service)?;
+    let step = validate::in_range("time_step", time_step, PERIOD).map_err(TotpError::invalid_service)?;
     let digits = digits_arg(digits)?;
     let alg = alg_arg(alg)?;
     if !at.is_finite() {
         return Err(invalid("at", "must be a finite time").into());
     }
-    let code = otp::totp(
-        secret,
-        clock::unix_seconds(at.into_inner()),
-        step,
-        digits,
-        alg,
-    )
-    .ok_or_else(|| invalid("at", "must not be before 1970-01-01 (the TOTP epoch)"))?;
+    let code = otp::totp(secret, clock::unix_seconds(at.into_inner()), step, digits, alg)
+        .ok_or_else(|| invalid("at", "must not be before 1970-01-01 (the TOTP epoch)"))?;
     Ok(code)
 }
 
@@ -90,9 +79,7 @@ fn base32_decode(text: &str) -> Result<Vec<u8>, ErrorReport> {
 #[pg_extern(volatile, strict, parallel_safe)]
 fn generate_secret(bytes: default!(i32, 20)) -> Result<String, ErrorReport> {
     let n = validate::in_range("bytes", bytes, SECRET_BYTES).map_err(TotpError::invalid_service)?;
-    Ok(totp_core::base32::encode(&totp_core::random::bytes(
-        n as usize,
-    )))
+    Ok(totp_core::base32::encode(&totp_core::random::bytes(n as usize)))
 }
 
 /// A Key Uri Format `otpauth://totp/` URI, the same format as `binding_uri`. NULL secret or
@@ -106,8 +93,7 @@ fn otpauth_uri(
     digits: default!(Option<i32>, 6),
     period: default!(Option<i32>, 30),
 ) -> Result<Option<String>, ErrorReport> {
-    let (Some(secret), Some(account), Some(alg), Some(digits), Some(period)) =
-        (secret, account, alg, digits, period)
+    let (Some(secret), Some(account), Some(alg), Some(digits), Some(period)) = (secret, account, alg, digits, period)
     else {
         return Ok(None);
     };
@@ -136,12 +122,6 @@ fn otpauth_uri(
 #[pg_extern(immutable, strict, parallel_safe)]
 fn qr_svg(text: &str) -> Result<String, ErrorReport> {
     let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M)
-        .map_err(|e| {
-            TotpError::invalid_service(Invalid::new("text", format!("cannot be a QR code: {e}")))
-        })?;
-    Ok(code
-        .render::<qrcode::render::svg::Color>()
-        .min_dimensions(256, 256)
-        .quiet_zone(true)
-        .build())
+        .map_err(|e| TotpError::invalid_service(Invalid::new("text", format!("cannot be a QR code: {e}"))))?;
+    Ok(code.render::<qrcode::render::svg::Color>().min_dimensions(256, 256).quiet_zone(true).build())
 }

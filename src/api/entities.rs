@@ -14,8 +14,7 @@ use crate::error::{TotpError, TotpResult};
 type EntityRow = pgrx::composite_type!('static, "totp.entities");
 
 static INSERT: Sql = Sql {
-    text:
-        "INSERT INTO totp.entities AS e (identity, service_sid, sid, date_created, date_updated) \
+    text: "INSERT INTO totp.entities AS e (identity, service_sid, sid, date_created, date_updated) \
            VALUES ($1, $2, $3, $4, $4) ON CONFLICT (identity, service_sid) DO NOTHING RETURNING e",
     params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ],
 };
@@ -34,18 +33,11 @@ fn create_entity(
         let table = db::exec(
             client,
             &INSERT,
-            &[
-                arg(identity),
-                arg(service_sid),
-                arg(sid::generate(SidKind::Entity)),
-                arg(now.timestamptz()),
-            ],
+            &[arg(identity), arg(service_sid), arg(sid::generate(SidKind::Entity)), arg(now.timestamptz())],
         )?;
         match db::first(table) {
             Some(row) => db::req(&row, 1),
-            None => Err(TotpError::EntityExists {
-                identity: identity.to_string(),
-            }),
+            None => Err(TotpError::EntityExists { identity: identity.to_string() }),
         }
     })?)
 }
@@ -73,17 +65,11 @@ fn delete_entity(service_sid: Option<&str>, identity: Option<&str>) -> Result<()
 
 /// 60392 for this identity.
 pub fn not_found(identity: &str) -> TotpError {
-    TotpError::NotFound {
-        kind: SidKind::Entity,
-        identity: identity.to_string(),
-        sid: None,
-    }
+    TotpError::NotFound { kind: SidKind::Entity, identity: identity.to_string(), sid: None }
 }
 
-static EXISTS: Sql = Sql {
-    text: "SELECT 1 FROM totp.entities WHERE identity = $1 AND service_sid = $2",
-    params: &[TEXT, TEXT],
-};
+static EXISTS: Sql =
+    Sql { text: "SELECT 1 FROM totp.entities WHERE identity = $1 AND service_sid = $2", params: &[TEXT, TEXT] };
 
 /// The error for a factor or challenge that was not found: 60392 when the entity itself is
 /// missing, else the resource's own code.
@@ -96,11 +82,7 @@ pub fn missing(
 ) -> TotpError {
     match db::exec(client, &EXISTS, &[arg(identity), arg(service_sid)]) {
         Ok(table) if table.is_empty() => not_found(identity),
-        Ok(_) => TotpError::NotFound {
-            kind,
-            identity: identity.to_string(),
-            sid: Some(resource_sid.to_string()),
-        },
+        Ok(_) => TotpError::NotFound { kind, identity: identity.to_string(), sid: Some(resource_sid.to_string()) },
         Err(e) => e,
     }
 }

@@ -29,11 +29,7 @@ const DEFAULT_SKEW: i32 = 1;
 const GENERATED_SECRET_BYTES: usize = 20;
 
 fn parse_alg(alg: Option<&str>) -> TotpResult<Option<Algorithm>> {
-    alg.map(|a| {
-        a.parse::<Algorithm>()
-            .map_err(|e| TotpError::invalid(Invalid::new("alg", e.to_string())))
-    })
-    .transpose()
+    alg.map(|a| a.parse::<Algorithm>().map_err(|e| TotpError::invalid(Invalid::new("alg", e.to_string())))).transpose()
 }
 
 static PURGE_EXPIRED: Sql = Sql {
@@ -64,25 +60,11 @@ static COUNT_FACTORS: Sql = Sql {
 };
 
 static INSERT: Sql = Sql {
-    text:
-        "INSERT INTO totp_private.factors (identity, sid, service_sid, entity_sid, friendly_name, \
+    text: "INSERT INTO totp_private.factors (identity, sid, service_sid, entity_sid, friendly_name, \
              alg, code_length, time_step, skew, metadata, date_created, date_updated, \
              unverified_until) \
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
-    params: &[
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        INT4,
-        INT4,
-        INT4,
-        JSONB,
-        TIMESTAMPTZ,
-        TIMESTAMPTZ,
-    ],
+    params: &[TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, INT4, INT4, INT4, JSONB, TIMESTAMPTZ, TIMESTAMPTZ],
 };
 
 static INSERT_SECRET: Sql = Sql {
@@ -98,10 +80,8 @@ static SELECT_NEW: Sql = Sql {
     params: &[TEXT, TEXT, TEXT, TEXT],
 };
 
-static SELECT_ROW: Sql = Sql {
-    text: "SELECT f FROM totp.factors f WHERE f.identity = $1 AND f.sid = $2",
-    params: &[TEXT, TEXT],
-};
+static SELECT_ROW: Sql =
+    Sql { text: "SELECT f FROM totp.factors f WHERE f.identity = $1 AND f.sid = $2", params: &[TEXT, TEXT] };
 
 /// The factor's public row (the `totp.factors` view).
 pub fn row(client: &mut SpiClient<'_>, identity: &str, factor_sid: &str) -> TotpResult<FactorRow> {
@@ -139,11 +119,7 @@ fn create_factor(
 
     Ok(Spi::connect_mut(|client| -> TotpResult<NewFactorRow> {
         let service = super::services::load(client, service_sid, now)?;
-        db::exec(
-            client,
-            &PURGE_EXPIRED,
-            &[arg(identity), arg(service_sid), arg(now.timestamptz())],
-        )?;
+        db::exec(client, &PURGE_EXPIRED, &[arg(identity), arg(service_sid), arg(now.timestamptz())])?;
         let entity = db::exec(
             client,
             &UPSERT_ENTITY,
@@ -158,29 +134,18 @@ fn create_factor(
         .first();
         let entity_sid: String = db::req(&entity, 1)?;
         let created_in_window: i32 = db::req(&entity, 2)?;
-        let factors = db::exec(
-            client,
-            &COUNT_FACTORS,
-            &[arg(identity), arg(entity_sid.as_str())],
-        )?
-        .first();
+        let factors = db::exec(client, &COUNT_FACTORS, &[arg(identity), arg(entity_sid.as_str())])?.first();
         let existing: i64 = db::req(&factors, 1)?;
         if existing >= i64::from(service.max_factors_per_entity) {
-            return Err(TotpError::TooManyFactors {
-                limit: service.max_factors_per_entity,
-            });
+            return Err(TotpError::TooManyFactors { limit: service.max_factors_per_entity });
         }
         if created_in_window > service.max_factor_creations_per_day {
-            return Err(TotpError::FactorCreationRateLimited {
-                limit: service.max_factor_creations_per_day,
-            });
+            return Err(TotpError::FactorCreationRateLimited { limit: service.max_factor_creations_per_day });
         }
 
         // Resolve and store the settings now: later service changes must not break codes
         // already in users' apps.
-        let code_length = code_length
-            .or(service.code_length)
-            .unwrap_or(DEFAULT_CODE_LENGTH);
+        let code_length = code_length.or(service.code_length).unwrap_or(DEFAULT_CODE_LENGTH);
         let time_step = time_step.or(service.time_step).unwrap_or(DEFAULT_TIME_STEP);
         let skew = skew.or(service.skew).unwrap_or(DEFAULT_SKEW);
         let factor_sid = sid::generate(SidKind::Factor);
@@ -203,25 +168,8 @@ fn create_factor(
                 arg(service.unverified_until),
             ],
         )?;
-        db::exec(
-            client,
-            &INSERT_SECRET,
-            &[
-                arg(identity),
-                arg(factor_sid.as_str()),
-                arg(key_id),
-                arg(sealed),
-            ],
-        )?;
-        events::send(
-            client,
-            Event::FactorCreated,
-            service_sid,
-            identity,
-            &factor_sid,
-            None,
-            now,
-        )?;
+        db::exec(client, &INSERT_SECRET, &[arg(identity), arg(factor_sid.as_str()), arg(key_id), arg(sealed)])?;
+        events::send(client, Event::FactorCreated, service_sid, identity, &factor_sid, None, now)?;
 
         let binding_secret = totp_core::base32::encode(&secret);
         let issuer = service.issuer.as_deref().unwrap_or(&service.friendly_name);
@@ -237,12 +185,7 @@ fn create_factor(
         let table = db::exec(
             client,
             &SELECT_NEW,
-            &[
-                arg(identity),
-                arg(factor_sid.as_str()),
-                arg(binding_secret.as_str()),
-                arg(binding_uri),
-            ],
+            &[arg(identity), arg(factor_sid.as_str()), arg(binding_secret.as_str()), arg(binding_uri)],
         )?;
         db::req(&table.first(), 1)
     })?)
@@ -292,24 +235,9 @@ pub fn lock(
     factor_sid: &str,
     now: Now,
 ) -> TotpResult<LockedFactor> {
-    let table = db::exec(
-        client,
-        &LOCK,
-        &[
-            arg(identity),
-            arg(factor_sid),
-            arg(service_sid),
-            arg(now.timestamptz()),
-        ],
-    )?;
+    let table = db::exec(client, &LOCK, &[arg(identity), arg(factor_sid), arg(service_sid), arg(now.timestamptz())])?;
     let Some(row) = db::first(table) else {
-        return Err(super::entities::missing(
-            client,
-            service_sid,
-            identity,
-            SidKind::Factor,
-            factor_sid,
-        ));
+        return Err(super::entities::missing(client, service_sid, identity, SidKind::Factor, factor_sid));
     };
     let status: String = db::req(&row, 2)?;
     let alg: String = db::req(&row, 3)?;
@@ -322,9 +250,7 @@ pub fn lock(
         verified: status == "verified",
         code_length,
         params: CodeParams {
-            alg: alg
-                .parse()
-                .map_err(|_| TotpError::Internal("stored alg is invalid".into()))?,
+            alg: alg.parse().map_err(|_| TotpError::Internal("stored alg is invalid".into()))?,
             digits: code_length as u32,
             step_seconds: time_step as u32,
             skew: skew as u32,
@@ -343,8 +269,8 @@ pub fn lock(
 impl LockedFactor {
     /// The time step `payload` proves, if it is a right, fresh code now. Wrong length, wrong
     /// code and replayed code all give `None`, indistinguishably.
-    pub fn accepts(&self, payload: &str, now: Now) -> TotpResult<Option<i64>> {
-        let secret = keyring::open(&self.sid, self.key_id, &self.sealed)?;
+    pub fn accepts(&self, client: &mut SpiClient<'_>, payload: &str, now: Now) -> TotpResult<Option<i64>> {
+        let secret = keyring::open(client, &self.sid, self.key_id, &self.sealed)?;
         if payload.len() != self.code_length as usize {
             return Ok(None);
         }
@@ -391,38 +317,15 @@ fn verify_factor(
             return row(client, identity, factor_sid);
         }
         if factor.failed_verifications >= service.max_factor_attempts {
-            return Err(TotpError::FactorAttemptsExhausted {
-                limit: service.max_factor_attempts,
-            });
+            return Err(TotpError::FactorAttemptsExhausted { limit: service.max_factor_attempts });
         }
-        match factor.accepts(payload, now)? {
+        match factor.accepts(client, payload, now)? {
             Some(step) => {
-                db::exec(
-                    client,
-                    &VERIFIED,
-                    &[
-                        arg(identity),
-                        arg(factor_sid),
-                        arg(step),
-                        arg(now.timestamptz()),
-                    ],
-                )?;
-                events::send(
-                    client,
-                    Event::FactorVerified,
-                    service_sid,
-                    identity,
-                    factor_sid,
-                    None,
-                    now,
-                )?;
+                db::exec(client, &VERIFIED, &[arg(identity), arg(factor_sid), arg(step), arg(now.timestamptz())])?;
+                events::send(client, Event::FactorVerified, service_sid, identity, factor_sid, None, now)?;
             }
             None => {
-                db::exec(
-                    client,
-                    &VERIFICATION_FAILED,
-                    &[arg(identity), arg(factor_sid)],
-                )?;
+                db::exec(client, &VERIFICATION_FAILED, &[arg(identity), arg(factor_sid)])?;
             }
         }
         row(client, identity, factor_sid)
@@ -440,18 +343,7 @@ static UPDATE: Sql = Sql {
            WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 \
              AND (f.unverified_until IS NULL OR f.unverified_until > $10) \
            RETURNING f.sid",
-    params: &[
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        INT4,
-        INT4,
-        INT4,
-        JSONB,
-        TIMESTAMPTZ,
-    ],
+    params: &[TEXT, TEXT, TEXT, TEXT, TEXT, INT4, INT4, INT4, JSONB, TIMESTAMPTZ],
 };
 
 /// Updates a factor's name, settings or metadata; NULL leaves a value as it is. Changing alg,
@@ -498,13 +390,7 @@ fn update_factor(
             ],
         )?;
         if table.is_empty() {
-            return Err(super::entities::missing(
-                client,
-                service_sid,
-                identity,
-                SidKind::Factor,
-                factor_sid,
-            ));
+            return Err(super::entities::missing(client, service_sid, identity, SidKind::Factor, factor_sid));
         }
         row(client, identity, factor_sid)
     })?)
@@ -530,33 +416,11 @@ fn delete_factor(
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<()> {
         super::services::load(client, service_sid, now)?;
-        let table = db::exec(
-            client,
-            &DELETE,
-            &[
-                arg(identity),
-                arg(factor_sid),
-                arg(service_sid),
-                arg(now.timestamptz()),
-            ],
-        )?;
+        let table =
+            db::exec(client, &DELETE, &[arg(identity), arg(factor_sid), arg(service_sid), arg(now.timestamptz())])?;
         if table.is_empty() {
-            return Err(super::entities::missing(
-                client,
-                service_sid,
-                identity,
-                SidKind::Factor,
-                factor_sid,
-            ));
+            return Err(super::entities::missing(client, service_sid, identity, SidKind::Factor, factor_sid));
         }
-        events::send(
-            client,
-            Event::FactorDeleted,
-            service_sid,
-            identity,
-            factor_sid,
-            None,
-            now,
-        )
+        events::send(client, Event::FactorDeleted, service_sid, identity, factor_sid, None, now)
     })?)
 }

@@ -10,6 +10,7 @@
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 use totp_core::keyfile;
 use totp_core::sealed;
 
@@ -17,10 +18,8 @@ use crate::db::{self, arg, Sql, BYTEA, INT4, INT8, TEXT};
 use crate::error::{TotpError, TotpResult};
 use crate::keyring;
 
-static KEY_IN_USE: Sql = Sql {
-    text: "SELECT EXISTS (SELECT 1 FROM totp_private.factor_secrets WHERE key_id = $1)",
-    params: &[INT8],
-};
+static KEY_IN_USE: Sql =
+    Sql { text: "SELECT EXISTS (SELECT 1 FROM totp_private.factor_secrets WHERE key_id = $1)", params: &[INT8] };
 
 static MARK: Sql = Sql {
     text: "INSERT INTO totp_private.keys (key_id, state, date_created) VALUES ($1, $2, pg_catalog.now()) \
@@ -29,15 +28,16 @@ static MARK: Sql = Sql {
 };
 
 static DEMOTE: Sql = Sql {
-    text:
-        "UPDATE totp_private.keys SET state = 'previous' WHERE state = 'current' AND key_id <> $1",
+    text: "UPDATE totp_private.keys SET state = 'previous' WHERE state = 'current' AND key_id <> $1",
     params: &[INT8],
 };
 
+// Keyset order, so that a row that cannot be re-sealed is passed once, not fetched forever.
 static BATCH: Sql = Sql {
     text: "SELECT identity, factor_sid, key_id, sealed FROM totp_private.factor_secrets \
-           WHERE key_id <> $1 LIMIT $2 FOR UPDATE SKIP LOCKED",
-    params: &[INT8, INT4],
+           WHERE key_id <> $1 AND (identity, factor_sid) > ($3, $4) \
+           ORDER BY identity, factor_sid LIMIT $2 FOR UPDATE SKIP LOCKED",
+    params: &[INT8, INT4, TEXT, TEXT],
 };
 
 static RESEAL: Sql = Sql {
@@ -46,26 +46,34 @@ static RESEAL: Sql = Sql {
     params: &[TEXT, TEXT, INT8, BYTEA],
 };
 
+/// Key files decide which key material seals every secret: only superusers may change them,
+/// whatever EXECUTE has been granted (for instance by `GRANT EXECUTE ON ALL FUNCTIONS`).
+fn require_superuser(what: &'static str) -> TotpResult<()> {
+    // SAFETY: superuser() only reads the current user's role.
+    if unsafe { pgrx::pg_sys::superuser() } {
+        Ok(())
+    } else {
+        Err(TotpError::SuperuserRequired { what })
+    }
+}
+
 /// Removes from the key file every key but the current one that no secret uses.
-fn retire_unused() -> TotpResult<Vec<i64>> {
-    let keys = keyring::all()?;
+fn retire_unused(client: &mut SpiClient<'_>) -> TotpResult<Vec<i64>> {
+    let keys = keyring::all(client)?;
     let current = keys.last().map(|(id, _)| *id);
     let mut kept = Vec::new();
     let mut retired = Vec::new();
-    Spi::connect_mut(|client| -> TotpResult<()> {
-        for (id, key) in keys {
-            let in_use: bool = db::req(&db::exec(client, &KEY_IN_USE, &[arg(id)])?.first(), 1)?;
-            if in_use || Some(id) == current {
-                kept.push((id, key));
-            } else {
-                db::exec(client, &MARK, &[arg(id), arg("retired")])?;
-                retired.push(id);
-            }
+    for (id, key) in keys {
+        let in_use: bool = db::req(&db::exec(client, &KEY_IN_USE, &[arg(id)])?.first(), 1)?;
+        if in_use || Some(id) == current {
+            kept.push((id, key));
+        } else {
+            db::exec(client, &MARK, &[arg(id), arg("retired")])?;
+            retired.push(id);
         }
-        Ok(())
-    })?;
+    }
     if !retired.is_empty() {
-        keyring::write_file(&keyring::key_file_path(), &kept)?;
+        keyring::write_file(&keyring::key_file_path(client)?, &kept)?;
     }
     Ok(retired)
 }
@@ -75,11 +83,14 @@ fn retire_unused() -> TotpResult<Vec<i64>> {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn retire_keys() -> Result<Vec<i64>, ErrorReport> {
-    Ok(retire_unused()?)
+    require_superuser("retire keys")?;
+    Ok(Spi::connect_mut(retire_unused)?)
 }
 
 /// Makes a new key current and re-seals every secret under it, `batch_size` rows at a time;
-/// returns the new key's id, how many secrets were re-sealed, and the keys retired first.
+/// returns the new key's id, how many secrets were re-sealed, how many could not be opened
+/// (left as they are), and the keys retired first.
+#[allow(clippy::type_complexity)] // pgrx reads the column names from this very signature
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn rotate_key(
@@ -87,71 +98,66 @@ fn rotate_key(
 ) -> Result<
     TableIterator<
         'static,
-        (
-            name!(new_key_id, i64),
-            name!(resealed, i64),
-            name!(retired_key_ids, Vec<i64>),
-        ),
+        (name!(new_key_id, i64), name!(resealed, i64), name!(unreadable, i64), name!(retired_key_ids, Vec<i64>)),
     >,
     ErrorReport,
 > {
+    require_superuser("rotate keys")?;
     if batch_size < 1 {
         return Err(
-            TotpError::invalid_service(totp_core::validate::Invalid::new(
-                "batch_size",
-                "must be positive",
-            ))
-            .into(),
+            TotpError::invalid_service(totp_core::validate::Invalid::new("batch_size", "must be positive")).into()
         );
     }
-    // Creates the key file if this database has none yet.
-    Spi::connect_mut(|client| keyring::current(client).map(|_| ()))?;
-    let retired = retire_unused()?;
-    let mut keys = keyring::all()?;
-    let (new_id, new_key) = keyfile::generate();
-    keys.push((new_id, new_key.clone()));
-    keyring::write_file(&keyring::key_file_path(), &keys)?;
-    Spi::connect_mut(|client| -> TotpResult<()> {
+    let (new_id, new_key, retired) = Spi::connect_mut(|client| -> TotpResult<_> {
+        keyring::current(client)?; // creates the key file if this database has none yet
+        let retired = retire_unused(client)?;
+        let mut keys = keyring::all(client)?;
+        let (new_id, new_key) = keyfile::generate();
+        keys.push((new_id, new_key.clone()));
+        keyring::write_file(&keyring::key_file_path(client)?, &keys)?;
         db::exec(client, &MARK, &[arg(new_id), arg("current")])?;
         db::exec(client, &DEMOTE, &[arg(new_id)])?;
-        Ok(())
+        Ok((new_id, new_key, retired))
     })?;
 
-    let mut resealed = 0i64;
+    // A secret that does not open (its key file entry lost, or a ciphertext moved from another
+    // row) is left as it is and counted: rotation is not the place to destroy evidence, and its
+    // key stays in the file because a secret still names it.
+    let (mut resealed, mut unreadable) = (0i64, 0i64);
+    let mut after = (String::new(), String::new());
     loop {
         // One SPI connection per batch bounds memory however many secrets there are.
-        let done = Spi::connect_mut(|client| -> TotpResult<i64> {
-            let rows: Vec<(String, String, i64, Vec<u8>)> =
-                db::exec(client, &BATCH, &[arg(new_id), arg(batch_size)])?
-                    .map(|row| -> TotpResult<_> {
-                        Ok((
-                            db::req_at(&row, 1)?,
-                            db::req_at(&row, 2)?,
-                            db::req_at(&row, 3)?,
-                            db::req_at(&row, 4)?,
-                        ))
-                    })
-                    .collect::<TotpResult<_>>()?;
+        let fetched = Spi::connect_mut(|client| -> TotpResult<usize> {
+            let rows: Vec<(String, String, i64, Vec<u8>)> = db::exec(
+                client,
+                &BATCH,
+                &[arg(new_id), arg(batch_size), arg(after.0.as_str()), arg(after.1.as_str())],
+            )?
+            .map(|row| -> TotpResult<_> {
+                Ok((db::req_at(&row, 1)?, db::req_at(&row, 2)?, db::req_at(&row, 3)?, db::req_at(&row, 4)?))
+            })
+            .collect::<TotpResult<_>>()?;
             for (identity, factor_sid, key_id, old) in &rows {
-                let secret = keyring::open(factor_sid, *key_id, old)?;
+                let secret = match keyring::open(client, factor_sid, *key_id, old) {
+                    Ok(secret) => secret,
+                    Err(TotpError::SecretUndecryptable { .. }) => {
+                        unreadable += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let new = sealed::seal(&new_key, factor_sid.as_bytes(), &secret);
-                db::exec(
-                    client,
-                    &RESEAL,
-                    &[
-                        arg(identity.as_str()),
-                        arg(factor_sid.as_str()),
-                        arg(new_id),
-                        arg(new),
-                    ],
-                )?;
+                db::exec(client, &RESEAL, &[arg(identity.as_str()), arg(factor_sid.as_str()), arg(new_id), arg(new)])?;
+                resealed += 1;
             }
-            Ok(rows.len() as i64)
+            if let Some((identity, factor_sid, _, _)) = rows.last() {
+                after = (identity.clone(), factor_sid.clone());
+            }
+            Ok(rows.len())
         })?;
-        if done == 0 {
+        if fetched == 0 {
             break;
         }
-        resealed += done;
     }
-    Ok(TableIterator::once((new_id, resealed, retired)))
+    Ok(TableIterator::once((new_id, resealed, unreadable, retired)))
 }

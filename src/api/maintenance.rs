@@ -18,19 +18,15 @@ static EXPIRE_CHALLENGES: Sql = Sql {
     params: &[TIMESTAMPTZ],
 };
 
-static DELETE_UNVERIFIED: Sql = Sql {
-    text: "DELETE FROM totp_private.factors WHERE unverified_until <= $1",
-    params: &[TIMESTAMPTZ],
-};
+static DELETE_UNVERIFIED: Sql =
+    Sql { text: "DELETE FROM totp_private.factors WHERE unverified_until <= $1", params: &[TIMESTAMPTZ] };
 
 /// Marks overdue pending challenges `expired` and deletes unverified factors past their
 /// lifetime; returns how many of each.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn run_maintenance() -> Result<
-    TableIterator<'static, (name!(expired_challenges, i64), name!(deleted_factors, i64))>,
-    ErrorReport,
-> {
+fn run_maintenance(
+) -> Result<TableIterator<'static, (name!(expired_challenges, i64), name!(deleted_factors, i64))>, ErrorReport> {
     let now = Now::read();
     let counts = Spi::connect_mut(|client| -> TotpResult<(i64, i64)> {
         let expired = db::exec(client, &EXPIRE_CHALLENGES, &[arg(now.timestamptz())])?.len();

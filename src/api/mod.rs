@@ -27,22 +27,12 @@ pub fn required<T>(field: &'static str, value: Option<T>) -> TotpResult<T> {
 
 /// A SID argument of `kind`: required and well-formed. The service SID is Twilio 60200's
 /// business; the others 60306.
-pub fn sid_arg<'a>(
-    field: &'static str,
-    kind: SidKind,
-    value: Option<&'a str>,
-) -> TotpResult<&'a str> {
+pub fn sid_arg<'a>(field: &'static str, kind: SidKind, value: Option<&'a str>) -> TotpResult<&'a str> {
     let value = required(field, value)?;
     if sid::is_valid(kind, value) {
         return Ok(value);
     }
-    let invalid = Invalid::new(
-        field,
-        format!(
-            "must be {} followed by 32 lower-case hex digits",
-            kind.prefix()
-        ),
-    );
+    let invalid = Invalid::new(field, format!("must be {} followed by 32 lower-case hex digits", kind.prefix()));
     Err(match kind {
         SidKind::Service => TotpError::invalid_service(invalid),
         _ => TotpError::invalid(invalid),
@@ -50,10 +40,7 @@ pub fn sid_arg<'a>(
 }
 
 /// The (service SID, identity) pair every per-user call starts with.
-pub fn scope<'a>(
-    service_sid: Option<&'a str>,
-    identity: Option<&'a str>,
-) -> TotpResult<(&'a str, &'a str)> {
+pub fn scope<'a>(service_sid: Option<&'a str>, identity: Option<&'a str>) -> TotpResult<(&'a str, &'a str)> {
     let service_sid = sid_arg("service_sid", SidKind::Service, service_sid)?;
     let identity = required("identity", identity)?;
     validate::identity(identity)?;

@@ -114,17 +114,12 @@ fn update_service(
         )?;
         match db::first(table) {
             Some(row) => db::req(&row, 1),
-            None => Err(TotpError::ServiceNotFound {
-                sid: sid.to_string(),
-            }),
+            None => Err(TotpError::ServiceNotFound { sid: sid.to_string() }),
         }
     })?)
 }
 
-static DELETE: Sql = Sql {
-    text: "DELETE FROM totp.services WHERE sid = $1 RETURNING sid",
-    params: &[TEXT],
-};
+static DELETE: Sql = Sql { text: "DELETE FROM totp.services WHERE sid = $1 RETURNING sid", params: &[TEXT] };
 
 /// Deletes a service and, by cascade, its entities, factors and challenges.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -134,9 +129,7 @@ fn delete_service(sid: Option<&str>) -> Result<(), ErrorReport> {
     Ok(Spi::connect_mut(|client| -> TotpResult<()> {
         let table = db::exec(client, &DELETE, &[arg(sid)])?;
         if table.is_empty() {
-            return Err(TotpError::ServiceNotFound {
-                sid: sid.to_string(),
-            });
+            return Err(TotpError::ServiceNotFound { sid: sid.to_string() });
         }
         Ok(())
     })?)
@@ -177,9 +170,7 @@ static LOAD: Sql = Sql {
 /// Loads a service, or 20404.
 pub fn load(client: &mut SpiClient<'_>, sid: &str, now: Now) -> TotpResult<Service> {
     let table = db::exec(client, &LOAD, &[arg(sid), arg(now.timestamptz())])?;
-    let row = db::first(table).ok_or_else(|| TotpError::ServiceNotFound {
-        sid: sid.to_string(),
-    })?;
+    let row = db::first(table).ok_or_else(|| TotpError::ServiceNotFound { sid: sid.to_string() })?;
     Ok(Service {
         friendly_name: db::req(&row, 1)?,
         issuer: db::get(&row, 2)?,
