@@ -4,15 +4,15 @@ use std::ffi::CString;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
-/// `totp_verify.key_file`: where the secret-sealing keys live. Empty means
-/// `$PGDATA/totp_verify.key`, created on first use. Superuser-only (PGC_SUSET), because
+/// `totp_verify.key_file`: where the secret-sealing keys live. Empty means each database's own
+/// `$PGDATA/totp_verify-<keyring id>.key`, created on first use. Superuser-only (PGC_SUSET), because
 /// pointing it elsewhere decides which key material seals every factor.
 pub static KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn init() {
     GucRegistry::define_string_guc(
         c"totp_verify.key_file",
-        c"Path of the key file that seals TOTP secrets (default: totp_verify.key in the data directory).",
+        c"Path of the key file that seals TOTP secrets (default: one file per database in the data directory).",
         c"The file holds AES-256 keys, one per line; the last is current. It is created with mode 0600 \
           on first use when it does not exist and no secret has been sealed yet.",
         &KEY_FILE,
