@@ -60,6 +60,9 @@ pub fn parse(text: &str) -> Result<Vec<(i64, Key)>, KeyFileError> {
         let (Some(id), Some(hex), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(KeyFileError::Malformed { line: number });
         };
+        if !id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(KeyFileError::Malformed { line: number });
+        }
         let id: i64 = id.parse().map_err(|_| KeyFileError::Malformed { line: number })?;
         let key = decode_hex(hex).ok_or(KeyFileError::Malformed { line: number })?;
         if key_id(&key) != id {
@@ -91,7 +94,7 @@ pub fn render(keys: &[(i64, Key)]) -> Zeroizing<String> {
 }
 
 fn decode_hex(hex: &str) -> Option<Key> {
-    if hex.len() != KEY_BYTES * 2 || !hex.is_ascii() {
+    if hex.len() != KEY_BYTES * 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut key = Zeroizing::new([0u8; KEY_BYTES]);
@@ -119,6 +122,8 @@ mod tests {
     fn refuses_bad_files() {
         assert_eq!(parse("# nothing\n").unwrap_err(), KeyFileError::Empty);
         assert_eq!(parse("12 abc\n").unwrap_err(), KeyFileError::Malformed { line: 1 });
+        let plus = format!("1 +{}\n", "f".repeat(63));
+        assert_eq!(parse(&plus).unwrap_err(), KeyFileError::Malformed { line: 1 });
         let (id, key) = generate();
         let good = render(&[(id, key)]);
         let swapped = good.replace(&id.to_string(), &(id + 1).to_string());

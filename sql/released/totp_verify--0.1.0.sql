@@ -321,7 +321,7 @@ AS 'MODULE_PATHNAME', 'delete_factor_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/services.rs:125
+-- src/api/services.rs:126
 -- totp_verify::api::services::delete_service
 CREATE  FUNCTION "delete_service"(
 	"sid" TEXT /* Option < & str > */
@@ -570,7 +570,7 @@ AS 'MODULE_PATHNAME', 'update_factor_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/services.rs:85
+-- src/api/services.rs:86
 -- totp_verify::api::services::update_service
 CREATE  FUNCTION "update_service"(
 	"sid" TEXT, /* Option < & str > */

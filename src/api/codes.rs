@@ -98,8 +98,8 @@ fn otpauth_uri(
         return Ok(None);
     };
     let secret = totp_core::base32::decode(secret).map_err(|e| invalid("secret", e.to_string()))?;
-    if secret.is_empty() {
-        return Err(invalid("secret", "must not be empty").into());
+    if secret.is_empty() || secret.len() > validate::SECRET_MAX_BYTES {
+        return Err(invalid("secret", format!("must carry 1 to {} bytes", validate::SECRET_MAX_BYTES)).into());
     }
     validate::friendly_name("account", account).map_err(TotpError::invalid_service)?;
     if let Some(issuer) = issuer {

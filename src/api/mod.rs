@@ -28,7 +28,10 @@ pub fn required<T>(field: &'static str, value: Option<T>) -> TotpResult<T> {
 /// A SID argument of `kind`: required and well-formed. The service SID is Twilio 60200's
 /// business; the others 60306.
 pub fn sid_arg<'a>(field: &'static str, kind: SidKind, value: Option<&'a str>) -> TotpResult<&'a str> {
-    let value = required(field, value)?;
+    let value = match (kind, value) {
+        (SidKind::Service, None) => return Err(TotpError::invalid_service(Invalid::new(field, "is required"))),
+        (_, value) => required(field, value)?,
+    };
     if sid::is_valid(kind, value) {
         return Ok(value);
     }

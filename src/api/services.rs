@@ -6,7 +6,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use totp_core::sid::{self, SidKind};
-use totp_core::validate;
+use totp_core::validate::{self, Invalid};
 
 use super::sid_arg;
 use crate::clock::Now;
@@ -45,7 +45,8 @@ fn create_service(
     code_length: default!(Option<i32>, "NULL"),
     skew: default!(Option<i32>, "NULL"),
 ) -> Result<pgrx::composite_type!('static, "totp.services"), ErrorReport> {
-    let friendly_name = super::required("friendly_name", friendly_name)?;
+    let friendly_name =
+        friendly_name.ok_or_else(|| TotpError::invalid_service(Invalid::new("friendly_name", "is required")))?;
     validate::friendly_name("friendly_name", friendly_name).map_err(TotpError::invalid_service)?;
     check_settings(issuer, time_step, code_length, skew)?;
     let now = Now::read();
