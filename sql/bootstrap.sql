@@ -107,10 +107,12 @@ CREATE TABLE totp_private.factor_secrets (
 );
 CREATE INDEX factor_secrets_key_id ON totp_private.factor_secrets (key_id);
 
+-- No foreign key to totp.services: the factor's already cascades from it, and a second one would
+-- make every challenge lock the (one, shared) service row FOR KEY SHARE.
 CREATE TABLE totp_private.challenges (
     identity                     text        NOT NULL,
     sid                          text        NOT NULL CHECK (sid ~ '^YC[0-9a-f]{32}$'),
-    service_sid                  text        NOT NULL REFERENCES totp.services (sid) ON DELETE CASCADE,
+    service_sid                  text        NOT NULL,
     entity_sid                   text        NOT NULL,
     factor_sid                   text        NOT NULL,
     factor_type                  text        NOT NULL DEFAULT 'totp' CHECK (factor_type = 'totp'),
@@ -131,7 +133,6 @@ CREATE TABLE totp_private.challenges (
     FOREIGN KEY (identity, factor_sid) REFERENCES totp_private.factors (identity, sid) ON DELETE CASCADE
 );
 CREATE INDEX challenges_factor ON totp_private.challenges (identity, factor_sid);
-CREATE INDEX challenges_service_sid ON totp_private.challenges (service_sid);
 CREATE INDEX challenges_pending_expiry ON totp_private.challenges (expiration_date)
     WHERE status = 'pending';
 CREATE INDEX challenges_approved ON totp_private.challenges (identity, service_sid, date_responded)

@@ -118,10 +118,12 @@ CREATE TABLE totp_private.factor_secrets (
 );
 CREATE INDEX factor_secrets_key_id ON totp_private.factor_secrets (key_id);
 
+-- No foreign key to totp.services: the factor's already cascades from it, and a second one would
+-- make every challenge lock the (one, shared) service row FOR KEY SHARE.
 CREATE TABLE totp_private.challenges (
     identity                     text        NOT NULL,
     sid                          text        NOT NULL CHECK (sid ~ '^YC[0-9a-f]{32}$'),
-    service_sid                  text        NOT NULL REFERENCES totp.services (sid) ON DELETE CASCADE,
+    service_sid                  text        NOT NULL,
     entity_sid                   text        NOT NULL,
     factor_sid                   text        NOT NULL,
     factor_type                  text        NOT NULL DEFAULT 'totp' CHECK (factor_type = 'totp'),
@@ -142,7 +144,6 @@ CREATE TABLE totp_private.challenges (
     FOREIGN KEY (identity, factor_sid) REFERENCES totp_private.factors (identity, sid) ON DELETE CASCADE
 );
 CREATE INDEX challenges_factor ON totp_private.challenges (identity, factor_sid);
-CREATE INDEX challenges_service_sid ON totp_private.challenges (service_sid);
 CREATE INDEX challenges_pending_expiry ON totp_private.challenges (expiration_date)
     WHERE status = 'pending';
 CREATE INDEX challenges_approved ON totp_private.challenges (identity, service_sid, date_responded)
@@ -223,7 +224,7 @@ AS 'MODULE_PATHNAME', 'base32_encode_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/challenges.rs:81
+-- src/api/challenges.rs:85
 -- totp_verify::api::challenges::create_challenge
 CREATE  FUNCTION "create_challenge"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -256,7 +257,7 @@ AS 'MODULE_PATHNAME', 'create_entity_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/factors.rs:95
+-- src/api/factors.rs:92
 -- totp_verify::api::factors::create_factor
 CREATE  FUNCTION "create_factor"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -307,7 +308,7 @@ AS 'MODULE_PATHNAME', 'delete_entity_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/factors.rs:407
+-- src/api/factors.rs:405
 -- totp_verify::api::factors::delete_factor
 CREATE  FUNCTION "delete_factor"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -344,7 +345,7 @@ AS 'MODULE_PATHNAME', 'generate_secret_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/challenges.rs:289
+-- src/api/challenges.rs:294
 -- totp_verify::api::challenges::has_recent_approval
 CREATE  FUNCTION "has_recent_approval"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -532,7 +533,7 @@ AS 'MODULE_PATHNAME', 'totp_code_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/challenges.rs:208
+-- src/api/challenges.rs:213
 -- totp_verify::api::challenges::update_challenge
 CREATE  FUNCTION "update_challenge"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -549,7 +550,7 @@ AS 'MODULE_PATHNAME', 'update_challenge_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/factors.rs:352
+-- src/api/factors.rs:350
 -- totp_verify::api::factors::update_factor
 CREATE  FUNCTION "update_factor"(
 	"service_sid" TEXT, /* Option < & str > */
@@ -588,7 +589,7 @@ AS 'MODULE_PATHNAME', 'update_service_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/api/factors.rs:300
+-- src/api/factors.rs:298
 -- totp_verify::api::factors::verify_factor
 CREATE  FUNCTION "verify_factor"(
 	"service_sid" TEXT, /* Option < & str > */

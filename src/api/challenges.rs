@@ -58,11 +58,15 @@ static COUNT_CREATION: Sql = Sql {
     params: &[TEXT, TEXT, TIMESTAMPTZ, INT4, TIMESTAMPTZ, INT4, INT8],
 };
 
+// Returns the new row as the view shows it (a new challenge is not yet expired).
 static INSERT: Sql = Sql {
-    text: "INSERT INTO totp_private.challenges (identity, sid, service_sid, entity_sid, factor_sid, \
+    text: "INSERT INTO totp_private.challenges AS c (identity, sid, service_sid, entity_sid, factor_sid, \
              status, details, hidden_details, expiration_date, date_responded, date_created, \
              date_updated, failed_attempts) \
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) \
+           RETURNING ROW(c.sid, c.service_sid, c.entity_sid, c.identity, c.factor_sid, c.factor_type, \
+             c.status, c.responded_reason, c.details, c.hidden_details, c.metadata, c.expiration_date, \
+             c.date_responded, c.date_created, c.date_updated)::totp.challenges",
     params: &[TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, TIMESTAMPTZ, TIMESTAMPTZ, INT4],
 };
 
@@ -138,7 +142,7 @@ fn create_challenge(
         };
         let responded = (status != "pending").then(|| now.timestamptz());
         let challenge_sid = sid::generate(SidKind::Challenge);
-        db::exec(
+        let inserted = db::exec(
             client,
             &INSERT,
             &[
@@ -156,8 +160,9 @@ fn create_challenge(
                 arg(failed_attempts),
             ],
         )?;
+        let row: ChallengeRow = db::req(&inserted.first(), 1)?;
         announce(client, status, service_sid, identity, factor_sid, &challenge_sid, now)?;
-        row(client, identity, &challenge_sid)
+        Ok(row)
     })?)
 }
 

@@ -32,12 +32,6 @@ fn parse_alg(alg: Option<&str>) -> TotpResult<Option<Algorithm>> {
     alg.map(|a| a.parse::<Algorithm>().map_err(|e| TotpError::invalid(Invalid::new("alg", e.to_string())))).transpose()
 }
 
-static PURGE_EXPIRED: Sql = Sql {
-    text: "DELETE FROM totp_private.factors \
-           WHERE identity = $1 AND service_sid = $2 AND unverified_until <= $3",
-    params: &[TEXT, TEXT, TIMESTAMPTZ],
-};
-
 // Creates the entity if needed and, either way, locks its row and counts this creation in the
 // entity's 24-hour window: the lock serializes concurrent creations for one entity, so the
 // factor count and the window counter cannot race.
@@ -54,9 +48,12 @@ static UPSERT_ENTITY: Sql = Sql {
     params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ, INT8],
 };
 
+// Unverified factors past their lifetime do not count: they are gone, whether or not
+// run_maintenance has deleted them yet.
 static COUNT_FACTORS: Sql = Sql {
-    text: "SELECT pg_catalog.count(*) FROM totp_private.factors WHERE identity = $1 AND entity_sid = $2",
-    params: &[TEXT, TEXT],
+    text: "SELECT pg_catalog.count(*) FROM totp_private.factors \
+           WHERE identity = $1 AND entity_sid = $2 AND (unverified_until IS NULL OR unverified_until > $3)",
+    params: &[TEXT, TEXT, TIMESTAMPTZ],
 };
 
 static INSERT: Sql = Sql {
@@ -119,7 +116,6 @@ fn create_factor(
 
     Ok(Spi::connect_mut(|client| -> TotpResult<NewFactorRow> {
         let service = super::services::load(client, service_sid, now)?;
-        db::exec(client, &PURGE_EXPIRED, &[arg(identity), arg(service_sid), arg(now.timestamptz())])?;
         let entity = db::exec(
             client,
             &UPSERT_ENTITY,
@@ -134,7 +130,9 @@ fn create_factor(
         .first();
         let entity_sid: String = db::req(&entity, 1)?;
         let created_in_window: i32 = db::req(&entity, 2)?;
-        let factors = db::exec(client, &COUNT_FACTORS, &[arg(identity), arg(entity_sid.as_str())])?.first();
+        let factors =
+            db::exec(client, &COUNT_FACTORS, &[arg(identity), arg(entity_sid.as_str()), arg(now.timestamptz())])?
+                .first();
         let existing: i64 = db::req(&factors, 1)?;
         if existing >= i64::from(service.max_factors_per_entity) {
             return Err(TotpError::TooManyFactors { limit: service.max_factors_per_entity });
