@@ -59,9 +59,12 @@ CREATE TABLE totp.entities (
 );
 CREATE INDEX entities_service_sid ON totp.entities (service_sid);
 
+-- Only the extension's SECURITY DEFINER functions write totp_private, and they generate the
+-- SIDs: the per-user tables skip regular-expression CHECKs, which every UPDATE and INSERT on
+-- the verification path would otherwise evaluate.
 CREATE TABLE totp_private.factors (
     identity                     text        NOT NULL,
-    sid                          text        NOT NULL CHECK (sid ~ '^YF[0-9a-f]{32}$'),
+    sid                          text        NOT NULL,
     service_sid                  text        NOT NULL REFERENCES totp.services (sid) ON DELETE CASCADE,
     entity_sid                   text        NOT NULL,
     friendly_name                text        NOT NULL,
@@ -111,7 +114,7 @@ CREATE INDEX factor_secrets_key_id ON totp_private.factor_secrets (key_id);
 -- make every challenge lock the (one, shared) service row FOR KEY SHARE.
 CREATE TABLE totp_private.challenges (
     identity                     text        NOT NULL,
-    sid                          text        NOT NULL CHECK (sid ~ '^YC[0-9a-f]{32}$'),
+    sid                          text        NOT NULL,
     service_sid                  text        NOT NULL,
     entity_sid                   text        NOT NULL,
     factor_sid                   text        NOT NULL,
