@@ -135,7 +135,9 @@ CREATE TABLE totp_private.challenges (
     PRIMARY KEY (identity, sid),
     FOREIGN KEY (identity, factor_sid) REFERENCES totp_private.factors (identity, sid) ON DELETE CASCADE
 );
-CREATE INDEX challenges_factor ON totp_private.challenges (identity, factor_sid);
+-- No index on (identity, factor_sid): deleting a factor finds its challenges through the
+-- primary key's identity prefix (an identity has few challenges), and every index here is one
+-- more random B-tree insertion per challenge.
 CREATE INDEX challenges_pending_expiry ON totp_private.challenges (expiration_date)
     WHERE status = 'pending';
 CREATE INDEX challenges_approved ON totp_private.challenges (identity, service_sid, date_responded)
