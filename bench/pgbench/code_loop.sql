@@ -1,0 +1,1 @@
+SELECT count(g) FROM generate_series(1, :calls) g;
