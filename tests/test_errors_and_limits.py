@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from calls import answer, call, challenge, factor, ident, service, verify
 from conftest import oathtool, rfc4226, wait_inside_step
 
 SID_RE = re.compile(r"(VA|YE|YF|YC)[0-9a-fA-F]{32}")
@@ -27,39 +28,8 @@ SID_RE = re.compile(r"(VA|YE|YF|YC)[0-9a-fA-F]{32}")
 # helpers
 
 
-def ident(prefix="user"):
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
 def sid(prefix):
     return prefix + uuid.uuid4().hex
-
-
-def call(conn, fn, *args, **named):
-    parts = ["%s"] * len(args) + [f"{k} => %s" for k in named]
-    return conn.execute(f"SELECT * FROM totp.{fn}({', '.join(parts)})", [*args, *named.values()]).fetchone()
-
-
-def service(conn, name="Acme", **kwargs):
-    return call(conn, "create_service", name, **kwargs)
-
-
-def factor(conn, svc, identity, name="phone", **kwargs):
-    return call(conn, "create_factor", svc["sid"], identity, name, **kwargs)
-
-
-def verify(conn, svc, identity, f, code):
-    return call(conn, "verify_factor", svc["sid"], identity, f["sid"], code)
-
-
-def challenge(conn, svc, identity, f, code=None, **kwargs):
-    if code is not None:
-        kwargs["auth_payload"] = code
-    return call(conn, "create_challenge", svc["sid"], identity, f["sid"], **kwargs)
-
-
-def answer(conn, svc, identity, ch, code, **kwargs):
-    return call(conn, "update_challenge", svc["sid"], identity, ch["sid"], code, **kwargs)
 
 
 def secret_bytes(b32):

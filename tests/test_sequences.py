@@ -14,11 +14,11 @@ import re
 import threading
 import time
 import urllib.parse
-import uuid
 
 import pytest
 from psycopg.types.json import Jsonb
 
+from calls import answer, call, challenge, factor, ident, service, verify
 from conftest import connect, oathtool, refused, rfc4226, wait_inside_step
 
 ALGS = ["sha1", "sha256", "sha512"]
@@ -27,18 +27,6 @@ BASE32_32 = re.compile(r"^[A-Z2-7]{32}$")
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def ident(prefix="user"):
-    """A fresh identity (Twilio style: letters and digits in dash-separated groups)."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def call(conn, fn, *args, **named):
-    """`SELECT * FROM totp.fn(positional..., name => value...)`; returns the one row."""
-    parts = ["%s"] * len(args) + [f"{k} => %s" for k in named]
-    sql = f"SELECT * FROM totp.{fn}({', '.join(parts)})"
-    return conn.execute(sql, [*args, *named.values()]).fetchone()
 
 
 def secret_bytes(b32):
@@ -82,28 +70,6 @@ def surely_wrong(factor, secret=None):
         if code not in near:
             return code
     raise AssertionError("no wrong code")
-
-
-def service(conn, name="Acme", **kwargs):
-    return call(conn, "create_service", name, **kwargs)
-
-
-def factor(conn, svc, identity, name="phone", **kwargs):
-    return call(conn, "create_factor", svc["sid"], identity, name, **kwargs)
-
-
-def verify(conn, svc, identity, f, code):
-    return call(conn, "verify_factor", svc["sid"], identity, f["sid"], code)
-
-
-def challenge(conn, svc, identity, f, code=None, **kwargs):
-    if code is not None:
-        kwargs["auth_payload"] = code
-    return call(conn, "create_challenge", svc["sid"], identity, f["sid"], **kwargs)
-
-
-def answer(conn, svc, identity, ch, code, **kwargs):
-    return call(conn, "update_challenge", svc["sid"], identity, ch["sid"], code, **kwargs)
 
 
 def verified(conn, svc, identity, secret=None, offset=-1, **kwargs):
