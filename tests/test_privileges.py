@@ -6,7 +6,6 @@ DROP OWNED in the test database) when the module ends.
 """
 
 import base64
-import re
 import time
 import uuid
 

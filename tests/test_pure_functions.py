@@ -3,7 +3,6 @@
 import base64
 import urllib.parse
 
-import psycopg
 import pyotp
 import pytest
 
