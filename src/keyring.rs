@@ -72,7 +72,7 @@ fn data_dir_file(keyring_id: &str) -> PathBuf {
 }
 
 fn random_keyring_id() -> String {
-    totp_core::random::bytes(16).iter().map(|b| format!("{b:02x}")).collect()
+    totp_core::random::hex(16)
 }
 
 /// Where this database's key file is: the setting, or its own file in the data directory

@@ -1,5 +1,7 @@
 //! The only source of randomness: the operating system's CSPRNG.
 
+use std::fmt::Write;
+
 use rand::rngs::SysRng;
 use rand::TryRng;
 
@@ -16,4 +18,13 @@ pub fn bytes(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
     fill(&mut v);
     v
+}
+
+/// `n` bytes from the OS CSPRNG as lower-case hex (`2n` characters): SIDs, keyring ids.
+pub fn hex(n: usize) -> String {
+    let mut out = String::with_capacity(2 * n);
+    for b in bytes(n) {
+        write!(out, "{b:02x}").expect("writing to a String cannot fail");
+    }
+    out
 }

@@ -2,8 +2,6 @@
 //!
 //! Random SIDs (never sequences) let the tables distribute by identity later (SPEC §9).
 
-use std::fmt::Write;
-
 /// The resource kinds and their SID prefixes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SidKind {
@@ -38,13 +36,9 @@ pub const SID_LEN: usize = 34;
 
 /// A new SID of `kind` from 16 CSPRNG bytes.
 pub fn generate(kind: SidKind) -> String {
-    let mut bytes = [0u8; 16];
-    crate::random::fill(&mut bytes);
     let mut sid = String::with_capacity(SID_LEN);
     sid.push_str(kind.prefix());
-    for b in bytes {
-        write!(sid, "{b:02x}").expect("writing to a String cannot fail");
-    }
+    sid.push_str(&crate::random::hex(16));
     sid
 }
 
