@@ -503,6 +503,17 @@ def test_update_factor_settings_take_effect(conn, change):
     assert challenge(conn, svc, identity, g, fresh_code(g, 0))["status"] == "approved"
 
 
+def test_update_factor_with_the_same_time_step_keeps_the_replay_guard(conn):
+    """Restating the time_step a factor already has must not move its replay guard back."""
+    svc = service(conn, "Restate")
+    identity = ident()
+    f = verified(conn, svc, identity)
+    code = fresh_code(f, 0)
+    assert challenge(conn, svc, identity, f, code)["status"] == "approved"
+    call(conn, "update_factor", svc["sid"], identity, f["sid"], time_step=30)
+    assert challenge(conn, svc, identity, f, code)["status"] == "pending"
+
+
 # ---------------------------------------------------------------------------------------------
 # every function, positionally and by name
 

@@ -330,14 +330,16 @@ fn verify_factor(
     })?)
 }
 
-// A new time_step renumbers the steps: the replay guard is carried over as the new step that
-// contains the start of the last accepted one, so codes of later moments stay acceptable.
+// A new time_step renumbers the steps. No code of the new settings has been accepted yet, so the
+// replay guard becomes the new step just before the one holding the start of the last accepted
+// step: the current step's code is fresh. An unchanged time_step keeps the guard as it is.
 static UPDATE: Sql = Sql {
     text: "UPDATE totp_private.factors AS f SET \
              friendly_name = COALESCE($4, f.friendly_name), alg = COALESCE($5, f.alg), \
              code_length = COALESCE($6, f.code_length), time_step = COALESCE($7, f.time_step), \
              skew = COALESCE($8, f.skew), metadata = COALESCE($9, f.metadata), date_updated = $10, \
-             last_step = CASE WHEN $7 IS NULL THEN f.last_step ELSE f.last_step * f.time_step / $7 END \
+             last_step = CASE WHEN $7 IS NULL OR $7 = f.time_step THEN f.last_step \
+                              ELSE f.last_step * f.time_step / $7 - 1 END \
            WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 \
              AND (f.unverified_until IS NULL OR f.unverified_until > $10) \
            RETURNING f.sid",
