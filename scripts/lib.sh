@@ -32,7 +32,7 @@ cluster_start() {
     as_root chown postgres:postgres "$CLUSTER_DIR"
     as_postgres "$PG_BIN/initdb" -D "$CLUSTER_DIR/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
     as_postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" -w \
-        -o "-p $port -k $CLUSTER_DIR -c listen_addresses='' -c fsync=off -c max_connections=100 ${CLUSTER_OPTS:-}" \
+        -o "-p $port -k $CLUSTER_DIR -c listen_addresses='' -c fsync=off -c max_connections=100 -c shared_preload_libraries=totp_verify ${CLUSTER_OPTS:-}" \
         start >/dev/null
     export PGHOST=$CLUSTER_DIR PGPORT=$port PGUSER=postgres
 }

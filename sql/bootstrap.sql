@@ -1,16 +1,29 @@
 -- totp_verify schema: the relations of SPEC §2, keyed by identity for scale-out (SPEC §9).
 --
--- Layout:
---   totp.services                 table: configuration and limits (read-mostly, no counters)
---   totp.entities                 table: one row per (identity, service)
---   totp_private.factors          table: factors and their counters
---   totp_private.factor_secrets   table: each factor's sealed secret
---   totp_private.challenges       table: challenges and their attempt counters
---   totp.factors, totp.challenges views: what applications read; never a secret
+-- Layout: every table lives in totp_private; schema totp holds only read-only views, types and
+-- functions.
+--   totp_private.services         configuration and limits (read-mostly, no counters)
+--   totp_private.entities         one row per (identity, service)
+--   totp_private.factors          factors, their counters and replay guards
+--   totp_private.factor_secrets   each factor's sealed secret
+--   totp_private.challenges       challenges and their attempt counters
+--   totp_private.events           the webhook events, durable rows
+--   totp.services, totp.entities, totp.factors, totp.challenges, totp.events
+--                                 views: what applications read; never a secret
 --
--- Why a private schema: `GRANT SELECT ON ALL TABLES IN SCHEMA totp` must not reach a secret
--- (SPEC §3), so nothing secret lives in schema totp. No role but the extension owner has USAGE
--- on totp_private; the views and the SECURITY DEFINER functions read it on the caller's behalf.
+-- Why every table is private: no grant a DBA may give on schema totp may reach the owner's
+-- rights or change state (SPEC §2). A table in totp would take `GRANT ALL ON ALL TABLES IN
+-- SCHEMA totp`: UPDATE would rewrite limits, and TRIGGER would attach a caller's function that
+-- runs as the owner whenever a SECURITY DEFINER function writes the table. No role but the
+-- extension owner has USAGE on totp_private; the views and the SECURITY DEFINER functions read
+-- it on the caller's behalf.
+--
+-- Why the views are read-only by construction: an auto-updatable view would let a role given
+-- INSERT/UPDATE/DELETE on it write the private table through the owner's rights. Each view
+-- selects from its table plus a one-row, no-column subquery (`read_only`): a view with two FROM
+-- items is never auto-updatable, whatever is granted, and the planner removes the empty item, so
+-- queries on the views plan as on the tables. Each is a security_barrier, so a caller's leaky
+-- function in a WHERE clause cannot see the rows the view hides.
 --
 -- Why views for factors and challenges: an unverified factor past its lifetime is gone, and a
 -- pending challenge past its expiration_date is expired, whether or not maintenance has run
@@ -22,14 +35,14 @@
 CREATE SCHEMA totp_private;
 REVOKE ALL ON SCHEMA totp_private FROM PUBLIC;
 
-CREATE TABLE totp.services (
+CREATE TABLE totp_private.services (
     sid                          text        NOT NULL PRIMARY KEY CHECK (sid ~ '^VA[0-9a-f]{32}$'),
     friendly_name                text        NOT NULL CHECK (char_length(friendly_name) BETWEEN 1 AND 64),
     totp_issuer                  text        CHECK (char_length(totp_issuer) BETWEEN 1 AND 64),
     totp_time_step               integer     CHECK (totp_time_step BETWEEN 20 AND 60),
     totp_code_length             integer     CHECK (totp_code_length BETWEEN 3 AND 8),
     totp_skew                    integer     CHECK (totp_skew BETWEEN 0 AND 2),
-    -- Limits (SPEC §6), Twilio's defaults. A service may change them with UPDATE.
+    -- Limits (SPEC §6), Twilio's defaults. update_service changes them.
     max_factor_attempts          integer     NOT NULL DEFAULT 5   CHECK (max_factor_attempts > 0),
     max_challenge_attempts       integer     NOT NULL DEFAULT 5   CHECK (max_challenge_attempts > 0),
     max_challenges_per_hour      integer     NOT NULL DEFAULT 50  CHECK (max_challenges_per_hour > 0),
@@ -40,14 +53,16 @@ CREATE TABLE totp.services (
     challenge_ttl                interval    NOT NULL DEFAULT '5 minutes',
     max_challenge_ttl            interval    NOT NULL DEFAULT '60 minutes',
     unverified_factor_ttl        interval    NOT NULL DEFAULT '24 hours' CHECK (unverified_factor_ttl > '0'),
+    -- How long run_maintenance keeps the service's rows of totp.events.
+    event_retention              interval    NOT NULL DEFAULT '7 days' CHECK (event_retention > '0'),
     date_created                 timestamptz NOT NULL,
     date_updated                 timestamptz NOT NULL,
     CHECK (challenge_ttl > '0' AND challenge_ttl <= max_challenge_ttl AND max_challenge_ttl <= '60 minutes')
 );
 
-CREATE TABLE totp.entities (
+CREATE TABLE totp_private.entities (
     identity                     text        NOT NULL,
-    service_sid                  text        NOT NULL REFERENCES totp.services (sid) ON DELETE CASCADE,
+    service_sid                  text        NOT NULL REFERENCES totp_private.services (sid) ON DELETE CASCADE,
     sid                          text        NOT NULL CHECK (sid ~ '^YE[0-9a-f]{32}$'),
     date_created                 timestamptz NOT NULL,
     date_updated                 timestamptz NOT NULL,
@@ -57,7 +72,7 @@ CREATE TABLE totp.entities (
     PRIMARY KEY (identity, service_sid),
     UNIQUE (identity, sid)
 );
-CREATE INDEX entities_service_sid ON totp.entities (service_sid);
+CREATE INDEX entities_service_sid ON totp_private.entities (service_sid);
 
 -- Only the extension's SECURITY DEFINER functions write totp_private, and they generate the
 -- SIDs: the per-user tables skip regular-expression CHECKs, which every UPDATE and INSERT on
@@ -65,7 +80,7 @@ CREATE INDEX entities_service_sid ON totp.entities (service_sid);
 CREATE TABLE totp_private.factors (
     identity                     text        NOT NULL,
     sid                          text        NOT NULL,
-    service_sid                  text        NOT NULL REFERENCES totp.services (sid) ON DELETE CASCADE,
+    service_sid                  text        NOT NULL REFERENCES totp_private.services (sid) ON DELETE CASCADE,
     entity_sid                   text        NOT NULL,
     friendly_name                text        NOT NULL,
     factor_type                  text        NOT NULL DEFAULT 'totp' CHECK (factor_type = 'totp'),
@@ -80,8 +95,15 @@ CREATE TABLE totp_private.factors (
     date_updated                 timestamptz NOT NULL,
     -- An unverified factor is gone after this moment (NULL once verified).
     unverified_until             timestamptz,
-    -- Replay guard: the last time step accepted, by verify_factor or a challenge (RFC 6238 §5.2).
+    -- Replay guard: the last time step accepted, by verify_factor or a challenge (RFC 6238 §5.2),
+    -- counted in steps of the current time_step.
     last_step                    bigint,
+    -- The replay guards of the other time_steps this factor has had ({"30": step, ...}): steps of
+    -- different lengths are not comparable, so each length keeps its own guard, and a time_step
+    -- changed there and back finds its old guard again.
+    replay_guards                jsonb,
+    -- When verify_factor accepted the factor's first code (NULL while unverified).
+    date_verified                timestamptz,
     -- Wrong codes submitted to verify_factor (60310).
     failed_verifications         integer     NOT NULL DEFAULT 0,
     -- Challenge creations in the current hour and 24-hour windows (60312).
@@ -90,7 +112,7 @@ CREATE TABLE totp_private.factors (
     challenge_day_start          timestamptz,
     challenges_in_day            integer     NOT NULL DEFAULT 0,
     PRIMARY KEY (identity, sid),
-    FOREIGN KEY (identity, entity_sid) REFERENCES totp.entities (identity, sid) ON DELETE CASCADE
+    FOREIGN KEY (identity, entity_sid) REFERENCES totp_private.entities (identity, sid) ON DELETE CASCADE
 );
 CREATE INDEX factors_service_sid ON totp_private.factors (service_sid);
 CREATE INDEX factors_unverified_until ON totp_private.factors (unverified_until)
@@ -163,19 +185,53 @@ CREATE TABLE totp_private.keys (
     date_created                 timestamptz NOT NULL
 );
 
-CREATE VIEW totp.factors AS
+-- The webhook events of SPEC §7, written in the transaction that made the change and pruned by
+-- run_maintenance after the service's event_retention. Keyed by identity like every per-user
+-- table; no foreign keys, so the events of a deleted entity or service stay deliverable.
+CREATE TABLE totp_private.events (
+    identity                     text        NOT NULL,
+    id                           uuid        NOT NULL,
+    type                         text        NOT NULL CHECK (type IN ('factor.created', 'factor.verified',
+                                     'factor.deleted', 'challenge.approved', 'challenge.denied')),
+    service_sid                  text        NOT NULL,
+    factor_sid                   text        NOT NULL,
+    challenge_sid                text,
+    date_created                 timestamptz NOT NULL,
+    PRIMARY KEY (identity, id)
+);
+CREATE INDEX events_date_created ON totp_private.events (date_created);
+
+CREATE VIEW totp.services WITH (security_barrier) AS
+SELECT s.sid, s.friendly_name, s.totp_issuer, s.totp_time_step, s.totp_code_length, s.totp_skew,
+       s.max_factor_attempts, s.max_challenge_attempts, s.max_challenges_per_hour,
+       s.max_challenges_per_day, s.max_short_code_challenges_per_day, s.max_factors_per_entity,
+       s.max_factor_creations_per_day, s.challenge_ttl, s.max_challenge_ttl,
+       s.unverified_factor_ttl, s.event_retention, s.date_created, s.date_updated
+  FROM totp_private.services s, (SELECT) AS read_only;
+
+CREATE VIEW totp.entities WITH (security_barrier) AS
+SELECT e.identity, e.service_sid, e.sid, e.date_created, e.date_updated, e.factor_window_start,
+       e.factors_created_in_window
+  FROM totp_private.entities e, (SELECT) AS read_only;
+
+CREATE VIEW totp.factors WITH (security_barrier) AS
 SELECT f.sid, f.service_sid, f.entity_sid, f.identity, f.friendly_name, f.factor_type, f.status,
        f.alg, f.code_length, f.time_step, f.skew, f.metadata, f.date_created, f.date_updated
-  FROM totp_private.factors f
+  FROM totp_private.factors f, (SELECT) AS read_only
  WHERE f.unverified_until IS NULL OR f.unverified_until > pg_catalog.now();
 
-CREATE VIEW totp.challenges AS
+CREATE VIEW totp.challenges WITH (security_barrier) AS
 SELECT c.sid, c.service_sid, c.entity_sid, c.identity, c.factor_sid, c.factor_type,
        CASE WHEN c.status = 'pending' AND c.expiration_date <= pg_catalog.now()
             THEN 'expired' ELSE c.status END AS status,
        c.responded_reason, c.details, c.hidden_details, c.metadata, c.expiration_date,
        c.date_responded, c.date_created, c.date_updated
-  FROM totp_private.challenges c;
+  FROM totp_private.challenges c, (SELECT) AS read_only;
+
+CREATE VIEW totp.events WITH (security_barrier) AS
+SELECT e.id, e.type, e.service_sid, e.identity AS entity_identity, e.factor_sid, e.challenge_sid,
+       e.date_created
+  FROM totp_private.events e, (SELECT) AS read_only;
 
 -- What create_factor returns: the factor's columns plus the binding, shown this once.
 CREATE TYPE totp.new_factor AS (
@@ -186,8 +242,9 @@ CREATE TYPE totp.new_factor AS (
 );
 
 -- pg_dump keeps every row (SPEC §7). Secrets are dumped sealed; the key file is not in the dump.
-SELECT pg_catalog.pg_extension_config_dump('totp.services', '');
-SELECT pg_catalog.pg_extension_config_dump('totp.entities', '');
+SELECT pg_catalog.pg_extension_config_dump('totp_private.services', '');
+SELECT pg_catalog.pg_extension_config_dump('totp_private.entities', '');
+SELECT pg_catalog.pg_extension_config_dump('totp_private.events', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.factors', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.factor_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.challenges', '');

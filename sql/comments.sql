@@ -1,9 +1,9 @@
 -- COMMENT on every relation, column and function, so \d+ and \df+ document the API (SPEC §7).
 
-COMMENT ON SCHEMA totp IS 'totp_verify: Twilio Verify''s TOTP model (services, entities, factors, challenges)';
-COMMENT ON SCHEMA totp_private IS 'totp_verify internals: secrets and counters; no role but the extension owner may use it';
+COMMENT ON SCHEMA totp IS 'totp_verify: Twilio Verify''s TOTP model (services, entities, factors, challenges); read-only views and functions';
+COMMENT ON SCHEMA totp_private IS 'totp_verify internals: every table, secrets and counters; no role but the extension owner may use it';
 
-COMMENT ON TABLE totp.services IS 'Verify services (Twilio VA...): TOTP defaults for new factors, and limits';
+COMMENT ON VIEW totp.services IS 'Verify services (Twilio VA...): TOTP defaults for new factors, and limits (change them with update_service)';
 COMMENT ON COLUMN totp.services.sid IS 'Service SID: VA + 32 hex digits';
 COMMENT ON COLUMN totp.services.friendly_name IS 'Name of the service; the issuer shown in authenticator apps unless totp_issuer is set (1-64 characters)';
 COMMENT ON COLUMN totp.services.totp_issuer IS 'Issuer shown in authenticator apps; NULL means friendly_name';
@@ -20,10 +20,11 @@ COMMENT ON COLUMN totp.services.max_factor_creations_per_day IS 'Factors created
 COMMENT ON COLUMN totp.services.challenge_ttl IS 'Default lifetime of a challenge (Twilio: 5 minutes)';
 COMMENT ON COLUMN totp.services.max_challenge_ttl IS 'Longest lifetime a challenge may ask for (Twilio: 60 minutes, the maximum)';
 COMMENT ON COLUMN totp.services.unverified_factor_ttl IS 'How long an unverified factor lives before it is gone (Twilio: up to 24 hours)';
+COMMENT ON COLUMN totp.services.event_retention IS 'How long run_maintenance keeps the service''s rows of totp.events (default 7 days)';
 COMMENT ON COLUMN totp.services.date_created IS 'When the service was created';
 COMMENT ON COLUMN totp.services.date_updated IS 'When the service was last updated';
 
-COMMENT ON TABLE totp.entities IS 'Verify entities (Twilio YE...): one per (identity, service); created by create_entity or implicitly by create_factor';
+COMMENT ON VIEW totp.entities IS 'Verify entities (Twilio YE...): one per (identity, service); created by create_entity or implicitly by create_factor';
 COMMENT ON COLUMN totp.entities.identity IS 'The application''s user key: 1-64 ASCII letters and digits in dash-separated groups; the distribution key';
 COMMENT ON COLUMN totp.entities.service_sid IS 'The service the entity belongs to';
 COMMENT ON COLUMN totp.entities.sid IS 'Entity SID: YE + 32 hex digits';
@@ -65,9 +66,24 @@ COMMENT ON COLUMN totp.challenges.date_responded IS 'When the challenge was appr
 COMMENT ON COLUMN totp.challenges.date_created IS 'When the challenge was created';
 COMMENT ON COLUMN totp.challenges.date_updated IS 'When the challenge was last changed';
 
+COMMENT ON VIEW totp.events IS 'Twilio webhook events, one row per event, written with the change they report; needs its own SELECT grant';
+COMMENT ON COLUMN totp.events.id IS 'Unique event id (the webhook uuid)';
+COMMENT ON COLUMN totp.events.type IS 'factor.created, factor.verified, factor.deleted, challenge.approved or challenge.denied';
+COMMENT ON COLUMN totp.events.service_sid IS 'The service of the event';
+COMMENT ON COLUMN totp.events.entity_identity IS 'The identity of the entity the event is about';
+COMMENT ON COLUMN totp.events.factor_sid IS 'The factor the event is about';
+COMMENT ON COLUMN totp.events.challenge_sid IS 'The challenge, for challenge events; else NULL';
+COMMENT ON COLUMN totp.events.date_created IS 'When the change happened';
+
 COMMENT ON TYPE totp.new_factor IS 'What create_factor returns: the factor plus binding_secret and binding_uri, shown this once';
 
+COMMENT ON TABLE totp_private.services IS 'Services as stored; read them through the totp.services view';
+COMMENT ON TABLE totp_private.entities IS 'Entities as stored; read them through the totp.entities view';
+COMMENT ON TABLE totp_private.events IS 'Events as stored; read them through the totp.events view';
+COMMENT ON TABLE totp_private.keyring IS 'The name of this database''s key file and the database it belongs to';
 COMMENT ON TABLE totp_private.factors IS 'Factors with their replay guard and attempt and rate counters';
+COMMENT ON COLUMN totp_private.factors.replay_guards IS 'Replay guards of the other time_steps the factor has had, by step length';
+COMMENT ON COLUMN totp_private.factors.date_verified IS 'When verify_factor accepted the factor (for has_recent_approval''s min_factor_age)';
 COMMENT ON COLUMN totp_private.factors.unverified_until IS 'An unverified factor is gone after this moment; NULL once verified';
 COMMENT ON COLUMN totp_private.factors.last_step IS 'Last time step accepted (replay guard, RFC 6238 section 5.2)';
 COMMENT ON COLUMN totp_private.factors.failed_verifications IS 'Wrong codes submitted to verify_factor (limit 60310)';
@@ -107,14 +123,18 @@ BEGIN
             ('delete_factor', 'Delete a factor and its challenges'),
             ('create_challenge', 'Create a challenge: approved with a right auth_payload, else pending'),
             ('update_challenge', 'Answer a pending challenge with a code: approved, pending, or denied after the last attempt'),
-            ('has_recent_approval', 'Whether an identity has a challenge approved within an interval (for RLS and triggers)'),
-            ('run_maintenance', 'Expire overdue pending challenges and delete unverified factors past their lifetime'),
+            ('has_recent_approval', 'Whether an identity has a challenge approved within an interval, optionally through a factor verified at least min_factor_age before (for RLS and triggers)'),
+            ('run_maintenance', 'Expire overdue pending challenges, delete unverified factors past their lifetime, prune old events'),
+            ('grant_enrolment', 'Grant a role what enrolment needs: create/verify/update/delete factors and entities'),
+            ('grant_verification', 'Grant a role what verification needs: create/update challenges and has_recent_approval'),
             ('rotate_key', 'Make a new sealing key current and re-seal every secret under it'),
             ('retire_keys', 'Remove keys no secret uses from the key file'),
             ('forget_entity', 'Trigger: AFTER DELETE on an application table, delete the identity''s entity (args: service_sid, identity column)'),
-            ('require_approval', 'Trigger: BEFORE writes, refuse (42501) unless the identity has a recent approval (args: service_sid, identity column, max age)')
+            ('require_approval', 'Trigger: BEFORE writes, refuse (42501) unless the identity has a recent approval (args: service_sid, identity column, max age [, min factor age])'),
+            ('forget_identity', 'What the forget_entity trigger runs: delete an identity''s entity, recording factor.deleted events')
           ) AS c(name, comment)
-          JOIN pg_catalog.pg_proc p ON p.proname = c.name AND p.pronamespace = 'totp'::pg_catalog.regnamespace
+          JOIN pg_catalog.pg_proc p ON p.proname = c.name
+           AND p.pronamespace IN ('totp'::pg_catalog.regnamespace, 'totp_private'::pg_catalog.regnamespace)
     LOOP
         EXECUTE pg_catalog.format('COMMENT ON FUNCTION %s IS %L', f.signature, f.comment);
     END LOOP;

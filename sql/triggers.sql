@@ -19,9 +19,10 @@ BEGIN
             USING ERRCODE = '42703';
     END IF;
     entity_identity := row_json ->> TG_ARGV[1];
-    IF entity_identity IS NOT NULL THEN
-        DELETE FROM totp.entities e WHERE e.identity = entity_identity AND e.service_sid = TG_ARGV[0];
-    END IF;
+    -- Checks the service SID (60200 when malformed) even for a NULL identity, so a misconfigured
+    -- trigger fails at its first use instead of silently keeping every entity; records the
+    -- factor.deleted events.
+    PERFORM totp_private.forget_identity(TG_ARGV[0], entity_identity);
     RETURN OLD;
 END
 $$;
@@ -30,17 +31,21 @@ CREATE FUNCTION totp.require_approval() RETURNS trigger
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     max_age interval;
+    min_factor_age interval;
     identities text[];
     entity_identity text;
 BEGIN
-    IF TG_NARGS <> 3 OR TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'ROW' THEN
-        RAISE EXCEPTION 'totp.require_approval() must be a BEFORE ... FOR EACH ROW trigger with arguments (service_sid, identity_column, max_age) (Twilio 60200)'
+    IF TG_NARGS NOT IN (3, 4) OR TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'ROW' THEN
+        RAISE EXCEPTION 'totp.require_approval() must be a BEFORE ... FOR EACH ROW trigger with arguments (service_sid, identity_column, max_age [, min_factor_age]) (Twilio 60200)'
             USING ERRCODE = '22023';
     END IF;
     BEGIN
         max_age := TG_ARGV[2]::interval;
+        IF TG_NARGS = 4 THEN
+            min_factor_age := TG_ARGV[3]::interval;
+        END IF;
     EXCEPTION WHEN data_exception THEN
-        RAISE EXCEPTION 'totp.require_approval(): max_age % is not an interval (Twilio 60200)', pg_catalog.quote_literal(TG_ARGV[2])
+        RAISE EXCEPTION 'totp.require_approval(): max_age and min_factor_age must be intervals (Twilio 60200)'
             USING ERRCODE = '22023';
     END;
     -- Every identity the write touches must have stepped up: the row's owner before and after.
@@ -55,11 +60,14 @@ BEGIN
         identities := identities || (pg_catalog.to_jsonb(OLD) ->> TG_ARGV[1]);
     END IF;
     FOREACH entity_identity IN ARRAY identities LOOP
-        IF entity_identity IS NULL OR NOT totp.has_recent_approval(TG_ARGV[0], entity_identity, max_age) THEN
+        IF entity_identity IS NULL
+           OR NOT totp.has_recent_approval(TG_ARGV[0], entity_identity, max_age, min_factor_age) THEN
             RAISE EXCEPTION 'step-up approval required'
                 USING ERRCODE = '42501',
-                      DETAIL = pg_catalog.format('%s on %I.%I needs a challenge approved within %s for this identity.',
-                                                 TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, max_age),
+                      DETAIL = pg_catalog.format('%s on %I.%I needs a challenge approved within %s for this identity%s.',
+                                                 TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, max_age,
+                                                 CASE WHEN min_factor_age IS NULL THEN ''
+                                                      ELSE ', through a factor verified at least ' || min_factor_age::text || ' before' END),
                       HINT = 'Approve a challenge with totp.create_challenge or totp.update_challenge first.';
         END IF;
     END LOOP;

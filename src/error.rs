@@ -44,6 +44,15 @@ pub enum TotpError {
     SecretUndecryptable { key_id: i64 },
     /// Key management is for superusers, whatever EXECUTE grants say.
     SuperuserRequired { what: &'static str },
+    /// Key changes wait for enrolments and must then see what they committed: READ COMMITTED.
+    KeyChangeIsolation { what: &'static str },
+    /// The factor used the wrong codes its budget allows in a window, counted in shared memory so
+    /// that rolled-back guesses count too (60308 for a verified factor, 60310 while unverified).
+    GuessesExhausted { twilio: u32, limit: u32, window: &'static str },
+    /// Every shared-memory slot that could count this factor's wrong codes counts a live window.
+    GuessSlotsFull,
+    /// The library was not preloaded, so rolled-back wrong codes could not be counted.
+    GuessLimitsNotLoaded,
     /// Something that cannot happen did (an SPI failure): a bug, reported as XX000.
     Internal(String),
 }
@@ -85,9 +94,13 @@ impl TotpError {
             TotpError::FactorUnverified => 60318,
             TotpError::ChallengeResponded { .. } => 60322,
             TotpError::ChallengeExpired => 60323,
+            TotpError::GuessesExhausted { twilio, .. } => *twilio,
             TotpError::KeyFileUnavailable { .. }
             | TotpError::SecretUndecryptable { .. }
             | TotpError::SuperuserRequired { .. }
+            | TotpError::KeyChangeIsolation { .. }
+            | TotpError::GuessSlotsFull
+            | TotpError::GuessLimitsNotLoaded
             | TotpError::Internal(_) => return None,
         })
     }
@@ -104,7 +117,11 @@ impl TotpError {
             | TotpError::FactorCreationRateLimited { .. }
             | TotpError::FactorAttemptsExhausted { .. }
             | TotpError::ChallengeAttemptsExhausted { .. }
-            | TotpError::ChallengeCreationRateLimited { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            | TotpError::ChallengeCreationRateLimited { .. }
+            | TotpError::GuessesExhausted { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            TotpError::GuessSlotsFull => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            TotpError::GuessLimitsNotLoaded => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            TotpError::KeyChangeIsolation { .. } => ERRCODE_INVALID_TRANSACTION_STATE,
             TotpError::FactorUnverified | TotpError::ChallengeResponded { .. } | TotpError::ChallengeExpired => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
@@ -132,6 +149,11 @@ impl TotpError {
             TotpError::KeyFileUnavailable { .. } => "totp_verify key file unavailable".into(),
             TotpError::SecretUndecryptable { .. } => "factor secret cannot be decrypted".into(),
             TotpError::SuperuserRequired { what } => format!("must be superuser to {what}"),
+            TotpError::KeyChangeIsolation { what } => format!("must {what} at READ COMMITTED isolation"),
+            TotpError::GuessesExhausted { twilio: 60310, .. } => "factor verification attempts limit reached".into(),
+            TotpError::GuessesExhausted { .. } => "verification attempts limit reached for this factor".into(),
+            TotpError::GuessSlotsFull => "totp_verify.guess_slots exhausted".into(),
+            TotpError::GuessLimitsNotLoaded => "totp_verify is not in shared_preload_libraries".into(),
             TotpError::Internal(_) => "totp_verify internal error".into(),
         }
     }
@@ -169,6 +191,19 @@ impl TotpError {
                  does not hold or which does not match this row."
             )),
             TotpError::SuperuserRequired { .. } => None,
+            TotpError::KeyChangeIsolation { .. } => {
+                Some("It waits for enrolments in flight and must then see the secrets they committed.".into())
+            }
+            TotpError::GuessesExhausted { limit, window, .. } => {
+                Some(format!("{limit} wrong codes were submitted for this factor in its {window} window."))
+            }
+            TotpError::GuessSlotsFull => {
+                Some("Every slot that counts wrong codes holds a factor whose counting window is still open.".into())
+            }
+            TotpError::GuessLimitsNotLoaded => Some(
+                "Without shared memory, wrong codes in rolled-back transactions would not count toward the limits."
+                    .into(),
+            ),
             TotpError::Internal(what) => Some(what.clone()),
         }
     }
@@ -182,9 +217,21 @@ impl TotpError {
             TotpError::KeyFileUnavailable { .. } | TotpError::SecretUndecryptable { .. } => {
                 Some("Restore the key file the secrets were sealed with (see the README, \"Secrets at rest\").")
             }
+            TotpError::GuessSlotsFull => Some("Raise totp_verify.guess_slots (needs a restart)."),
+            TotpError::GuessLimitsNotLoaded => Some(
+                "Add totp_verify to shared_preload_libraries and restart, or (weaker) have a superuser set \
+                 totp_verify.allow_unbounded_rollbacks = on.",
+            ),
             _ => None,
         }
     }
+}
+
+/// Whether the role calling into the extension is a superuser. Inside a SECURITY DEFINER function
+/// the current user is the extension's owner; the outer user is the role the session acts as.
+fn caller_is_superuser() -> bool {
+    // SAFETY: reads the session's outer user id and its catalog entry.
+    unsafe { pgrx::pg_sys::superuser_arg(pgrx::pg_sys::GetOuterUserId()) }
 }
 
 impl From<TotpError> for ErrorReport {
@@ -193,8 +240,17 @@ impl From<TotpError> for ErrorReport {
             Some(code) => format!("{} (Twilio {code})", error.message()),
             None => error.message(),
         };
+        let mut detail = error.detail();
+        // Where the key file is and what it holds is for superusers and the server log only.
+        if matches!(error, TotpError::KeyFileUnavailable { .. }) && !caller_is_superuser() {
+            if let Some(reason) = detail.take() {
+                ErrorReport::new(error.sqlstate(), format!("{message}: {reason}"), "totp_verify")
+                    .report(pgrx::PgLogLevel::LOG_SERVER_ONLY);
+            }
+            detail = Some("The server log says why; a superuser sees it here too.".into());
+        }
         let mut report = ErrorReport::new(error.sqlstate(), message, "totp_verify");
-        if let Some(detail) = error.detail() {
+        if let Some(detail) = detail {
             report = report.set_detail(detail);
         }
         if let Some(hint) = error.hint() {

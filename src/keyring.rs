@@ -6,9 +6,25 @@
 //! remove a key another database still needs. A superuser may point `totp_verify.key_file` at
 //! another file instead.
 //!
-//! The file is created (mode 0600, exclusively) on first use, but only while
-//! `totp_private.keys` is empty: once a secret has been sealed, a missing file is an error that
-//! names the setting, never a silent new key that would make every existing factor fail.
+//! Which key seals new secrets is the row of `totp_private.keys` in state `current`, not the
+//! file's order. The file and the tables never disagree in a way that loses a secret:
+//!
+//! - **Files change only at commit.** Every change to a key file (first key, adoption after a
+//!   restore, rotation, retirement) is staged in memory and written in the transaction's
+//!   pre-commit step: temporary file, fsync, rename, fsync of the directory. A rollback, of the
+//!   transaction or of the subtransaction that staged it, writes nothing; a failed write aborts
+//!   the transaction. A crash after the write and before the commit leaves a file with a key the
+//!   tables do not know (harmless, and the next `retire_keys` removes it) or without a key no
+//!   secret used — never a file missing a key a committed secret needs.
+//! - **Key changes serialize** on the keyring row (`FOR UPDATE`), held to the end of the
+//!   transaction, past the pre-commit write.
+//! - **A sealing holds its key.** Sealing takes `FOR KEY SHARE` on the current key's row until
+//!   its transaction ends; retiring a key takes `FOR UPDATE` on it first, so it waits for every
+//!   enrolment that may still commit a secret under that key, and then sees their rows.
+//!
+//! The first key is created on first use, but only while `totp_private.keys` is empty: once a
+//! secret has been sealed, a missing file is an error that names the setting, never a silent new
+//! key that would make every existing factor fail.
 //!
 //! A database restored from a dump (into this cluster or another) carries the keyring row of
 //! its source. On first use it notices the row names another database, copies the source's
@@ -21,6 +37,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use totp_core::keyfile::{self, Key};
 use totp_core::sealed;
@@ -39,11 +56,22 @@ struct Loaded {
     keys: Vec<(i64, Key)>,
 }
 
+/// A key file's new contents, written when the transaction commits.
+struct Staged {
+    subtransaction: pg_sys::SubTransactionId,
+    path: PathBuf,
+    keys: Vec<(i64, Key)>,
+}
+
 thread_local! {
     static LOADED: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+    static STAGED: RefCell<Vec<Staged>> = const { RefCell::new(Vec::new()) };
 }
 
 static KEYRING: Sql = Sql { text: "SELECT keyring_id, database_oid::int8 FROM totp_private.keyring", params: &[] };
+
+static LOCK_KEYRING: Sql =
+    Sql { text: "SELECT keyring_id FROM totp_private.keyring WHERE one_row FOR UPDATE", params: &[] };
 
 static CREATE_KEYRING: Sql = Sql {
     text: "INSERT INTO totp_private.keyring (keyring_id, database_oid) VALUES ($1, $2::oid) \
@@ -59,9 +87,15 @@ static ADOPT: Sql = Sql {
 
 static COUNT_KEYS: Sql = Sql { text: "SELECT pg_catalog.count(*) FROM totp_private.keys", params: &[] };
 
-static RECORD_KEY: Sql = Sql {
-    text: "INSERT INTO totp_private.keys (key_id, state, date_created) \
-           VALUES ($1, 'current', pg_catalog.now()) ON CONFLICT (key_id) DO NOTHING",
+// The lock keeps the key in the file until this transaction ends (see the module comment).
+static CURRENT_FOR_SEALING: Sql =
+    Sql { text: "SELECT key_id FROM totp_private.keys WHERE state = 'current' FOR KEY SHARE", params: &[] };
+
+static CURRENT: Sql = Sql { text: "SELECT key_id FROM totp_private.keys WHERE state = 'current'", params: &[] };
+
+static MAKE_CURRENT: Sql = Sql {
+    text: "INSERT INTO totp_private.keys (key_id, state, date_created) VALUES ($1, 'current', pg_catalog.now()) \
+           ON CONFLICT (key_id) DO UPDATE SET state = 'current'",
     params: &[INT8],
 };
 
@@ -75,6 +109,12 @@ fn random_keyring_id() -> String {
     totp_core::random::hex(16)
 }
 
+fn unavailable(path: &Path, why: impl std::fmt::Display) -> TotpError {
+    TotpError::KeyFileUnavailable {
+        reason: format!("Key file {} (setting totp_verify.key_file): {why}.", path.display()),
+    }
+}
+
 /// Where this database's key file is: the setting, or its own file in the data directory
 /// (adopting a file of its own first if it was restored from another database).
 pub fn key_file_path(client: &mut SpiClient<'_>) -> TotpResult<PathBuf> {
@@ -85,6 +125,7 @@ pub fn key_file_path(client: &mut SpiClient<'_>) -> TotpResult<PathBuf> {
     let me = i64::from(unsafe { pg_sys::MyDatabaseId }.to_u32());
     let mut found = db::first(db::exec(client, &KEYRING, &[])?);
     if found.is_none() {
+        // Concurrent first uses wait here for the first to commit, then see its row.
         db::exec(client, &CREATE_KEYRING, &[arg(random_keyring_id().as_str()), arg(me)])?;
         found = db::first(db::exec(client, &KEYRING, &[])?);
     }
@@ -96,31 +137,17 @@ pub fn key_file_path(client: &mut SpiClient<'_>) -> TotpResult<PathBuf> {
     }
     let source = data_dir_file(&keyring_id);
     let adopted_id = random_keyring_id();
-    let adopted = data_dir_file(&adopted_id);
-    if source.exists() {
-        copy_private(&source, &adopted)?;
-    }
     let won = db::exec(client, &ADOPT, &[arg(adopted_id.as_str()), arg(me)])?;
     if won.is_empty() {
         // Another backend of this database adopted first: use its file.
-        let _ = fs::remove_file(&adopted);
         let row = db::exec(client, &KEYRING, &[])?.first();
         return Ok(data_dir_file(&db::req::<String>(&row, 1)?));
     }
-    Ok(adopted)
-}
-
-fn copy_private(from: &Path, to: &Path) -> TotpResult<()> {
-    let text = Zeroizing::new(fs::read(from).map_err(|e| unavailable(from, e))?);
-    let mut file =
-        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(to).map_err(|e| unavailable(to, e))?;
-    file.write_all(&text).and_then(|_| file.sync_all()).map_err(|e| unavailable(to, e))
-}
-
-fn unavailable(path: &Path, why: impl std::fmt::Display) -> TotpError {
-    TotpError::KeyFileUnavailable {
-        reason: format!("Key file {} (setting totp_verify.key_file): {why}.", path.display()),
+    let adopted = data_dir_file(&adopted_id);
+    if source.exists() {
+        stage(&adopted, read(&source)?.keys);
     }
+    Ok(adopted)
 }
 
 fn stamp(meta: &fs::Metadata) -> (i64, u64, u64) {
@@ -134,76 +161,130 @@ fn read(path: &Path) -> TotpResult<Loaded> {
     Ok(Loaded { setting: guc::key_file(), path: path.to_path_buf(), stamp: stamp(&meta), keys })
 }
 
-/// Writes a new key file atomically (temporary file, fsync, rename), mode 0600.
-pub fn write_file(path: &Path, keys: &[(i64, Key)]) -> TotpResult<()> {
+/// Writes a key file atomically: temporary file (mode 0600), fsync, rename, fsync of the
+/// directory, so a crash leaves either the old file or the new one.
+fn write_file(path: &Path, keys: &[(i64, Key)]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let text = keyfile::render(keys);
     let result = (|| {
+        let _ = fs::remove_file(&tmp);
         let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
-    result.map_err(|e| {
+    if result.is_err() {
         let _ = fs::remove_file(&tmp);
-        unavailable(path, e)
-    })?;
-    forget();
-    Ok(())
+    }
+    result
+}
+
+/// Stages `keys` as the new contents of the key file at `path`, written at commit.
+pub fn stage(path: &Path, keys: Vec<(i64, Key)>) {
+    // SAFETY: reads the current subtransaction's id.
+    let subtransaction = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    STAGED.with(|staged| staged.borrow_mut().push(Staged { subtransaction, path: path.to_path_buf(), keys }));
+}
+
+/// The keys staged for `path` in this transaction, if any.
+fn staged(path: &Path) -> Option<Vec<(i64, Key)>> {
+    STAGED.with(|staged| staged.borrow().iter().rev().find(|s| s.path == path).map(|s| s.keys.clone()))
 }
 
 /// Drops the cached keys so the next use reads the file again.
-pub fn forget() {
+fn forget() {
     LOADED.with(|cell| *cell.borrow_mut() = None);
 }
 
-fn create_first_key(client: &mut SpiClient<'_>, path: &Path) -> TotpResult<()> {
-    let used: i64 = db::req(&db::exec(client, &COUNT_KEYS, &[])?.first(), 1)?;
-    if used > 0 {
-        return Err(unavailable(
-            path,
-            format!("the file does not exist, but {used} key(s) have sealed secrets in this database"),
-        ));
+/// Writes what the transaction staged, the last contents per file. An error aborts it.
+fn write_staged() {
+    let staged = STAGED.with(|staged| std::mem::take(&mut *staged.borrow_mut()));
+    let mut written: Vec<&Path> = Vec::new();
+    for entry in staged.iter().rev() {
+        if written.contains(&entry.path.as_path()) {
+            continue;
+        }
+        if let Err(e) = write_file(&entry.path, &entry.keys) {
+            forget();
+            let error: pgrx::pg_sys::panic::ErrorReport = unavailable(&entry.path, e).into();
+            error.report(PgLogLevel::ERROR);
+        }
+        written.push(&entry.path);
     }
-    let (id, key) = keyfile::generate();
-    let text = keyfile::render(&[(id, key)]);
-    // create_new: if two backends race, one creates and the other reads what it wrote.
-    match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-        Ok(mut file) => file.write_all(text.as_bytes()).and_then(|_| file.sync_all()).map_err(|e| unavailable(path, e)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(unavailable(path, e)),
+    if !written.is_empty() {
+        forget();
     }
 }
 
-/// Loads this database's key file (creating it on first use) unless the cache already holds
-/// it unchanged, then runs `f` over the keys.
-fn with_keys<T>(client: &mut SpiClient<'_>, f: impl FnOnce(&[(i64, Key)]) -> T) -> TotpResult<T> {
-    let path = key_file_path(client)?;
-    let stale = LOADED.with(|cell| match cell.borrow().as_ref() {
-        Some(loaded) if loaded.path == path => fs::metadata(&path).map(|m| stamp(&m) != loaded.stamp).unwrap_or(true),
-        _ => true,
-    });
-    if stale {
-        if !path.exists() && guc::key_file().is_none() {
-            create_first_key(client, &path)?;
+#[pg_guard]
+unsafe extern "C-unwind" fn on_transaction(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_PRE_COMMIT => write_staged(),
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE if STAGED.with(|staged| !staged.borrow().is_empty()) => {
+            STAGED.with(|staged| staged.borrow_mut().clear());
+            pgrx::error!("cannot PREPARE a transaction that changes a totp_verify key file");
         }
-        let loaded = read(&path)?;
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+            STAGED.with(|staged| staged.borrow_mut().clear())
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subtransaction(
+    event: pg_sys::SubXactEvent::Type,
+    subtransaction: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    STAGED.with(|staged| {
+        let mut staged = staged.borrow_mut();
+        match event {
+            pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => staged.retain(|s| s.subtransaction != subtransaction),
+            pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => {
+                for s in staged.iter_mut().filter(|s| s.subtransaction == subtransaction) {
+                    s.subtransaction = parent;
+                }
+            }
+            _ => {}
+        }
+    });
+}
+
+/// Called from `_PG_init`: staged key files are written at commit and dropped on rollback.
+pub fn init() {
+    // SAFETY: registering backend-local callbacks once, at library load.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_transaction), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subtransaction), std::ptr::null_mut());
+    }
+}
+
+/// The keys of the file at `path`: as staged by this transaction, else from the backend's cache
+/// unless the file changed, else read afresh.
+fn keys_in(path: &Path) -> TotpResult<Vec<(i64, Key)>> {
+    if let Some(keys) = staged(path) {
+        return Ok(keys);
+    }
+    let fresh = LOADED.with(|cell| match cell.borrow().as_ref() {
+        Some(loaded) if loaded.path == path => fs::metadata(path).map(|m| stamp(&m) == loaded.stamp).unwrap_or(false),
+        _ => false,
+    });
+    if !fresh {
+        let loaded = read(path)?;
         LOADED.with(|cell| *cell.borrow_mut() = Some(loaded));
     }
-    Ok(LOADED.with(|cell| f(&cell.borrow().as_ref().expect("loaded above").keys)))
+    Ok(LOADED.with(|cell| cell.borrow().as_ref().expect("loaded above").keys.clone()))
 }
 
-/// The current key (the file's last).
-pub fn current(client: &mut SpiClient<'_>) -> TotpResult<(i64, Key)> {
-    with_keys(client, |keys| {
-        let (id, key) = keys.last().expect("a parsed key file holds at least one key");
-        (*id, key.clone())
-    })
-}
-
-/// All keys in the file, oldest first.
+/// All keys of this database's key file, oldest first.
 pub fn all(client: &mut SpiClient<'_>) -> TotpResult<Vec<(i64, Key)>> {
-    with_keys(client, |keys| keys.to_vec())
+    keys_in(&key_file_path(client)?)
 }
 
 fn find(keys: &[(i64, Key)], id: i64) -> Option<Key> {
@@ -220,13 +301,72 @@ pub fn by_id(client: &mut SpiClient<'_>, id: i64) -> TotpResult<Key> {
     if let Some(key) = cached {
         return Ok(key);
     }
-    with_keys(client, |keys| find(keys, id))?.ok_or(TotpError::SecretUndecryptable { key_id: id })
+    find(&all(client)?, id).ok_or(TotpError::SecretUndecryptable { key_id: id })
+}
+
+/// Locks the keyring row for a key change, creating it first if needed; returns the key file.
+pub fn lock_for_change(client: &mut SpiClient<'_>) -> TotpResult<PathBuf> {
+    let path = key_file_path(client)?;
+    db::exec(client, &LOCK_KEYRING, &[])?;
+    Ok(path)
+}
+
+/// The current key's id, if the database has one yet.
+pub fn current_id(client: &mut SpiClient<'_>) -> TotpResult<Option<i64>> {
+    db::first(db::exec(client, &CURRENT, &[])?).map(|row| db::req(&row, 1)).transpose()
+}
+
+/// Makes the database's first key: the file's last key when the file exists (an administrator's
+/// file, or one left by a crash), else a new key staged for commit. Under the keyring lock, so
+/// concurrent first uses make one key.
+fn first_key(client: &mut SpiClient<'_>) -> TotpResult<()> {
+    let path = lock_for_change(client)?;
+    if current_id(client)?.is_some() {
+        return Ok(()); // another backend made it while this one waited for the lock
+    }
+    let existing = match staged(&path) {
+        Some(keys) => Some(keys),
+        None if path.exists() => Some(read(&path)?.keys),
+        None => None,
+    };
+    let id = match existing.as_deref().and_then(<[_]>::last) {
+        Some((id, _)) => *id,
+        None => {
+            let used: i64 = db::req(&db::exec(client, &COUNT_KEYS, &[])?.first(), 1)?;
+            if used > 0 || guc::key_file().is_some() {
+                return Err(unavailable(
+                    &path,
+                    format!("the file does not exist, and {used} key(s) have sealed secrets in this database"),
+                ));
+            }
+            let (id, key) = keyfile::generate();
+            stage(&path, vec![(id, key)]);
+            id
+        }
+    };
+    db::exec(client, &MAKE_CURRENT, &[arg(id)])?;
+    Ok(())
+}
+
+/// The current key, locked `FOR KEY SHARE` until this transaction ends so that no retirement
+/// removes it while a secret sealed under it may still commit. Makes the first key if needed.
+pub fn current_for_sealing(client: &mut SpiClient<'_>) -> TotpResult<(i64, Key)> {
+    for _ in 0..2 {
+        if let Some(row) = db::first(db::exec(client, &CURRENT_FOR_SEALING, &[])?) {
+            let id: i64 = db::req(&row, 1)?;
+            let path = key_file_path(client)?;
+            return find(&keys_in(&path)?, id)
+                .map(|key| (id, key))
+                .ok_or_else(|| unavailable(&path, format!("the file lacks the current key {id}")));
+        }
+        first_key(client)?;
+    }
+    Err(TotpError::Internal("no current key after creating one".into()))
 }
 
 /// Seals a secret for `factor_sid` under the current key: (key id, sealed bytes).
 pub fn seal(client: &mut SpiClient<'_>, factor_sid: &str, secret: &[u8]) -> TotpResult<(i64, Vec<u8>)> {
-    let (id, key) = current(client)?;
-    db::exec(client, &RECORD_KEY, &[arg(id)])?;
+    let (id, key) = current_for_sealing(client)?;
     Ok((id, sealed::seal(&key, factor_sid.as_bytes(), secret)))
 }
 

@@ -5,10 +5,12 @@
 //!   sealing, with no Postgres in it.
 //! - [`api`]: the SQL surface, one module per SQL noun.
 //! - [`error`]: every refusal, its SQLSTATE and Twilio code.
-//! - [`db`], [`clock`], [`keyring`], [`guc`], [`jsonb`]: SPI plumbing, the one clock reading
-//!   per call, the key file, settings, and exact `jsonb` arguments.
-//! - `sql/`: the schema (`bootstrap.sql`), trigger functions (`triggers.sql`), and
-//!   privileges (`finalize.sql`), and `COMMENT`s (`comments.sql`).
+//! - [`guess_limit`]: the shared-memory count of wrong codes that no rollback undoes.
+//! - [`keyring`]: the key file, changed only at commit.
+//! - [`db`], [`clock`], [`guc`], [`jsonb`]: SPI plumbing, the one clock reading per call,
+//!   settings, and exact `jsonb` arguments.
+//! - `sql/`: the schema (`bootstrap.sql`), trigger functions (`triggers.sql`), the shipped grant
+//!   sets (`grants.sql`), privileges (`finalize.sql`), and `COMMENT`s (`comments.sql`).
 
 // SQL-facing functions return `Result<_, ErrorReport>` because that is how pgrx raises an ERROR
 // with our SQLSTATE; the report is large, but it is built once, on the way out.
@@ -21,19 +23,23 @@ mod clock;
 mod db;
 mod error;
 mod guc;
+mod guess_limit;
 mod jsonb;
 mod keyring;
 
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
-extension_sql_file!("../sql/triggers.sql", name = "triggers", requires = [has_recent_approval]);
+extension_sql_file!("../sql/triggers.sql", name = "triggers", requires = [has_recent_approval, forget_identity]);
+extension_sql_file!("../sql/grants.sql", name = "grants", requires = ["triggers"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 extension_sql_file!("../sql/comments.sql", name = "comments", requires = ["finalize"]);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    guess_limit::init();
+    keyring::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -47,6 +53,6 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        vec!["shared_preload_libraries = 'totp_verify'"]
     }
 }

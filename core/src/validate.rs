@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+
 /// A refused argument: which one, and the rule it broke.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -36,8 +38,10 @@ pub const SECRET_MIN_BYTES: usize = 16;
 /// Secrets longer than a SHA-512 block add nothing (HMAC hashes them first).
 pub const SECRET_MAX_BYTES: usize = 128;
 
-/// A friendly name: 1–64 characters, no control characters (they would end up in an
-/// authenticator app's label).
+/// A friendly name: 1–64 characters, not all blank, with no control or format characters. The
+/// name ends up in an authenticator app's label and in the application's screens: a control
+/// character breaks them, and a format character (U+202E right-to-left override, U+200B
+/// zero-width space, U+FEFF ...) makes one name look like another.
 pub fn friendly_name(field: &'static str, name: &str) -> Checked<()> {
     let chars = name.chars().count();
     if chars == 0 || chars > NAME_MAX_CHARS {
@@ -45,6 +49,12 @@ pub fn friendly_name(field: &'static str, name: &str) -> Checked<()> {
     }
     if name.chars().any(char::is_control) {
         return Err(Invalid::new(field, "must not contain control characters"));
+    }
+    if name.chars().any(|c| c.general_category() == GeneralCategory::Format) {
+        return Err(Invalid::new(field, "must not contain format characters (such as U+202E or U+200B)"));
+    }
+    if name.chars().all(char::is_whitespace) {
+        return Err(Invalid::new(field, "must not be blank"));
     }
     Ok(())
 }
@@ -143,6 +153,13 @@ mod tests {
         assert!(friendly_name("friendly_name", &"é".repeat(65)).is_err());
         assert!(friendly_name("friendly_name", "").is_err());
         assert!(friendly_name("friendly_name", "a\u{7}b").is_err());
+        for spoof in ["evil\u{202E}gpj.exe", "pay\u{200B}pal", "\u{FEFF}bank", "a\u{2066}b"] {
+            assert!(friendly_name("friendly_name", spoof).is_err(), "{spoof:?}");
+        }
+        for blank in [" ", "   ", "\u{3000}", "\u{A0}"] {
+            assert!(friendly_name("friendly_name", blank).is_err(), "{blank:?}");
+        }
+        assert!(friendly_name("friendly_name", "Ünïcødé 名前 ✓").is_ok());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::jsonb::Jsonb;
 type ChallengeRow = pgrx::composite_type!('static, "totp.challenges");
 
 /// Twilio's short-code rule: factors of 4 digits or fewer get only the 24-hour limit, tighter.
-const SHORT_CODE_MAX_LENGTH: i32 = 4;
+pub const SHORT_CODE_MAX_LENGTH: i32 = 4;
 
 /// A fixed window counter: (window start, count) after counting one more event at `now`.
 fn count_in_window(start: Option<i64>, count: i32, now: Now, width: i64) -> (i64, i32) {
@@ -123,7 +123,7 @@ fn create_challenge(
         }
         let [hour, day] = count_creation(&service, &factor, now)?;
         let accepted = match auth_payload {
-            Some(payload) => factor.accepts(client, payload, now)?,
+            Some(payload) => factor.accepts(client, &service, payload, now)?,
             None => None,
         };
         db::exec(
@@ -248,7 +248,7 @@ fn update_challenge(
             }
             _ => {}
         }
-        let (status, failed_attempts) = match factor.accepts(client, payload, now)? {
+        let (status, failed_attempts) = match factor.accepts(client, &service, payload, now)? {
             Some(step) => {
                 db::exec(client, &CONSUME_STEP, &[arg(identity), arg(factor_sid.as_str()), arg(step)])?;
                 ("approved", failed_attempts)
@@ -275,11 +275,17 @@ fn update_challenge(
     })?)
 }
 
+// Measured from the statement's start, not the transaction's: a long transaction must not see an
+// old approval as fresh. With $4, only approvals from factors verified at least $4 before the
+// approval count (a factor enrolled by a compromised application role is not trusted at once).
 static RECENT_APPROVAL: Sql = Sql {
-    text: "SELECT EXISTS (SELECT 1 FROM totp_private.challenges \
-             WHERE identity = $1 AND service_sid = $2 AND status = 'approved' \
-               AND date_responded > pg_catalog.now() - $3 * interval '1 microsecond')",
-    params: &[TEXT, TEXT, INT8],
+    text: "SELECT EXISTS (SELECT 1 FROM totp_private.challenges c \
+             JOIN totp_private.factors f ON f.identity = c.identity AND f.sid = c.factor_sid \
+             WHERE c.identity = $1 AND c.service_sid = $2 AND c.status = 'approved' AND f.identity = $1 \
+               AND c.date_responded > pg_catalog.statement_timestamp() - $3 * interval '1 microsecond' \
+               AND ($4::int8 IS NULL \
+                    OR f.date_verified <= c.date_responded - $4 * interval '1 microsecond'))",
+    params: &[TEXT, TEXT, INT8, INT8],
 };
 
 /// Longer windows than this are treated as this: no approval is older, and `now() - within`
@@ -287,19 +293,24 @@ static RECENT_APPROVAL: Sql = Sql {
 const LONGEST_WINDOW_MICROS: i128 = 1_000 * 366 * 86_400 * 1_000_000;
 
 /// Whether `identity` has a challenge approved within `within` (step-up checks in RLS policies
-/// and triggers), measured from the transaction's start so it is stable within a statement.
-/// An identity that is NULL or could never be one (an e-mail address, say) has no approvals,
-/// nor has any identity within a negative interval: false, not an error, so a policy over rows
-/// of any shape keeps working.
+/// and triggers), measured from the start of the current statement. With `min_factor_age`, only
+/// approvals through a factor that had been verified at least that long before count: an
+/// application role that can enrol cannot mint a step-up approval with a factor of its own
+/// making until that age has passed (and `factor.created` / `factor.verified` events have been
+/// recorded for the user's app to notice). An identity that is NULL or could never be one (an
+/// e-mail address, say) has no approvals, nor has any identity within a negative interval:
+/// false, not an error, so a policy over rows of any shape keeps working.
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn has_recent_approval(
     service_sid: Option<&str>,
     identity: Option<&str>,
     within: Option<pgrx::datum::Interval>,
+    min_factor_age: default!(Option<pgrx::datum::Interval>, "NULL"),
 ) -> Result<bool, ErrorReport> {
     let service_sid = sid_arg("service_sid", SidKind::Service, service_sid)?;
     let within = required("within", within)?.as_micros().min(LONGEST_WINDOW_MICROS);
+    let min_factor_age = min_factor_age.map(|age| age.as_micros().clamp(0, LONGEST_WINDOW_MICROS) as i64);
     let Some(identity) = identity.filter(|i| validate::identity(i).is_ok()) else {
         return Ok(false);
     };
@@ -307,7 +318,11 @@ fn has_recent_approval(
         return Ok(false);
     }
     Ok(Spi::connect(|client| -> TotpResult<bool> {
-        let table = db::query(client, &RECENT_APPROVAL, &[arg(identity), arg(service_sid), arg(within as i64)])?;
+        let table = db::query(
+            client,
+            &RECENT_APPROVAL,
+            &[arg(identity), arg(service_sid), arg(within as i64), arg(min_factor_age)],
+        )?;
         Ok(db::first(table).map(|row| db::req::<bool>(&row, 1)).transpose()?.unwrap_or(false))
     })?)
 }

@@ -14,8 +14,10 @@ use crate::error::{TotpError, TotpResult};
 type EntityRow = pgrx::composite_type!('static, "totp.entities");
 
 static INSERT: Sql = Sql {
-    text: "INSERT INTO totp.entities AS e (identity, service_sid, sid, date_created, date_updated) \
-           VALUES ($1, $2, $3, $4, $4) ON CONFLICT (identity, service_sid) DO NOTHING RETURNING e",
+    text: "INSERT INTO totp_private.entities AS e (identity, service_sid, sid, date_created, date_updated) \
+           VALUES ($1, $2, $3, $4, $4) ON CONFLICT (identity, service_sid) DO NOTHING \
+           RETURNING ROW(e.identity, e.service_sid, e.sid, e.date_created, e.date_updated, \
+             e.factor_window_start, e.factors_created_in_window)::totp.entities",
     params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ],
 };
 
@@ -43,9 +45,16 @@ fn create_entity(
 }
 
 static DELETE: Sql = Sql {
-    text: "DELETE FROM totp.entities WHERE identity = $1 AND service_sid = $2 RETURNING sid",
+    text: "DELETE FROM totp_private.entities WHERE identity = $1 AND service_sid = $2 RETURNING sid",
     params: &[TEXT, TEXT],
 };
+
+/// Deletes the entity with its factors and challenges, recording a `factor.deleted` for each
+/// factor; false when the service has no such entity.
+fn forget(client: &mut SpiClient<'_>, service_sid: &str, identity: &str, now: Now) -> TotpResult<bool> {
+    super::events::entity_deleted(client, service_sid, identity, now)?;
+    Ok(!db::exec(client, &DELETE, &[arg(identity), arg(service_sid)])?.is_empty())
+}
 
 /// Deletes an entity and, by cascade, its factors and challenges.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -55,12 +64,35 @@ fn delete_entity(service_sid: Option<&str>, identity: Option<&str>) -> Result<()
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<()> {
         super::services::load(client, service_sid, now)?;
-        let table = db::exec(client, &DELETE, &[arg(identity), arg(service_sid)])?;
-        if table.is_empty() {
+        if !forget(client, service_sid, identity, now)? {
             return Err(not_found(identity));
         }
         Ok(())
     })?)
+}
+
+/// Internal functions, in the schema no role but the owner may use.
+#[pg_schema]
+mod totp_private {
+    use pgrx::pg_sys::panic::ErrorReport;
+    use pgrx::prelude::*;
+    use totp_core::sid::SidKind;
+
+    use crate::clock::Now;
+
+    /// What the `totp.forget_entity()` trigger runs for a deleted application row: the entity of
+    /// that identity goes, if there is one. An identity that could never be valid has no entity;
+    /// a malformed service SID in the trigger's arguments is refused (60200), not ignored.
+    #[pg_extern(volatile, parallel_unsafe, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn forget_identity(service_sid: Option<&str>, identity: Option<&str>) -> Result<bool, ErrorReport> {
+        let service_sid = crate::api::sid_arg("service_sid", SidKind::Service, service_sid)?;
+        let Some(identity) = identity.filter(|i| totp_core::validate::identity(i).is_ok()) else {
+            return Ok(false);
+        };
+        let now = Now::read();
+        Ok(Spi::connect_mut(|client| super::forget(client, service_sid, identity, now))?)
+    }
 }
 
 /// 60392 for this identity.
@@ -69,7 +101,7 @@ pub fn not_found(identity: &str) -> TotpError {
 }
 
 static EXISTS: Sql =
-    Sql { text: "SELECT 1 FROM totp.entities WHERE identity = $1 AND service_sid = $2", params: &[TEXT, TEXT] };
+    Sql { text: "SELECT 1 FROM totp_private.entities WHERE identity = $1 AND service_sid = $2", params: &[TEXT, TEXT] };
 
 /// The error for a factor or challenge that was not found: 60392 when the entity itself is
 /// missing, else the resource's own code.

@@ -1,13 +1,17 @@
-//! Twilio's webhook events as `NOTIFY totp_events` (SPEC §7).
+//! Twilio's webhook events as rows of `totp.events` (SPEC §7).
 //!
-//! NOTIFY is transactional: a listener hears an event only if the change commits. Payloads name
-//! resources and a date, never a secret or a code.
+//! Each event is a row written in the transaction that made the change, so it exists exactly
+//! when the change commits, and it is readable only by roles granted SELECT on `totp.events`
+//! (NOTIFY payloads would reach any role that can LISTEN). A payload-free `NOTIFY totp_events`
+//! may wake listeners (setting `totp_verify.notify`); Postgres folds a transaction's identical
+//! notifications into one. Rows name resources and a date, never a secret or a code.
 
 use pgrx::spi::SpiClient;
 
 use crate::clock::Now;
 use crate::db::{self, arg, Sql, TEXT, TIMESTAMPTZ};
 use crate::error::TotpResult;
+use crate::guc;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Event {
@@ -30,14 +34,42 @@ impl Event {
     }
 }
 
-static NOTIFY: Sql = Sql {
-    text: "SELECT pg_catalog.pg_notify('totp_events', pg_catalog.json_strip_nulls(pg_catalog.json_build_object(\
-             'type', $1, 'service_sid', $2, 'entity_identity', $3, 'factor_sid', $4, \
-             'challenge_sid', $5, 'date', $6))::text)",
+static RECORD: Sql = Sql {
+    text: "INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, challenge_sid, \
+             date_created) VALUES ($1, pg_catalog.gen_random_uuid(), $2, $3, $4, $5, $6)",
     params: &[TEXT, TEXT, TEXT, TEXT, TEXT, TIMESTAMPTZ],
 };
 
-/// Queues `event` for delivery at commit.
+// The factors a deletion removes, each with its factor.deleted event. Unverified factors past
+// their lifetime are already gone (no event was due for them then, nor now).
+static RECORD_ENTITY_DELETION: Sql = Sql {
+    text: "INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, date_created) \
+           SELECT f.identity, pg_catalog.gen_random_uuid(), 'factor.deleted', f.service_sid, f.sid, $3 \
+             FROM totp_private.factors f \
+            WHERE f.identity = $1 AND f.service_sid = $2 \
+              AND (f.unverified_until IS NULL OR f.unverified_until > $3)",
+    params: &[TEXT, TEXT, TIMESTAMPTZ],
+};
+
+// Spans identities: deleting a service is administration, not a per-user request (SPEC §9).
+static RECORD_SERVICE_DELETION: Sql = Sql {
+    text: "INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, date_created) \
+           SELECT f.identity, pg_catalog.gen_random_uuid(), 'factor.deleted', f.service_sid, f.sid, $2 \
+             FROM totp_private.factors f \
+            WHERE f.service_sid = $1 AND (f.unverified_until IS NULL OR f.unverified_until > $2)",
+    params: &[TEXT, TIMESTAMPTZ],
+};
+
+static WAKE: Sql = Sql { text: "SELECT pg_catalog.pg_notify('totp_events', '')", params: &[] };
+
+fn wake(client: &mut SpiClient<'_>) -> TotpResult<()> {
+    if guc::notify() {
+        db::exec(client, &WAKE, &[])?;
+    }
+    Ok(())
+}
+
+/// Records `event` in this transaction.
 pub fn send(
     client: &mut SpiClient<'_>,
     event: Event,
@@ -49,15 +81,34 @@ pub fn send(
 ) -> TotpResult<()> {
     db::exec(
         client,
-        &NOTIFY,
+        &RECORD,
         &[
+            arg(identity),
             arg(event.name()),
             arg(service_sid),
-            arg(identity),
             arg(factor_sid),
             arg(challenge_sid),
             arg(now.timestamptz()),
         ],
     )?;
+    wake(client)
+}
+
+/// Records a `factor.deleted` for every factor of the entity, before it is deleted.
+pub fn entity_deleted(client: &mut SpiClient<'_>, service_sid: &str, identity: &str, now: Now) -> TotpResult<()> {
+    let recorded =
+        db::exec(client, &RECORD_ENTITY_DELETION, &[arg(identity), arg(service_sid), arg(now.timestamptz())])?;
+    if !recorded.is_empty() {
+        wake(client)?;
+    }
+    Ok(())
+}
+
+/// Records a `factor.deleted` for every factor of the service, before it is deleted.
+pub fn service_deleted(client: &mut SpiClient<'_>, service_sid: &str, now: Now) -> TotpResult<()> {
+    let recorded = db::exec(client, &RECORD_SERVICE_DELETION, &[arg(service_sid), arg(now.timestamptz())])?;
+    if !recorded.is_empty() {
+        wake(client)?;
+    }
     Ok(())
 }

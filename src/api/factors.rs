@@ -10,11 +10,14 @@ use totp_core::uri::KeyUri;
 use totp_core::validate::{self, Invalid};
 use zeroize::Zeroizing;
 
+use super::challenges::SHORT_CODE_MAX_LENGTH;
 use super::events::{self, Event};
+use super::services::Service;
 use super::{json_object_arg, required, scope, sid_arg};
-use crate::clock::{Now, MICROS_PER_DAY};
+use crate::clock::{unix_seconds, Now, MICROS_PER_DAY};
 use crate::db::{self, arg, Sql, BYTEA, INT4, INT8, JSONB, TEXT, TIMESTAMPTZ};
 use crate::error::{TotpError, TotpResult};
+use crate::guess_limit::{self, Budget, Refusal};
 use crate::jsonb::Jsonb;
 use crate::keyring;
 
@@ -36,7 +39,7 @@ fn parse_alg(alg: Option<&str>) -> TotpResult<Option<Algorithm>> {
 // entity's 24-hour window: the lock serializes concurrent creations for one entity, so the
 // factor count and the window counter cannot race.
 static UPSERT_ENTITY: Sql = Sql {
-    text: "INSERT INTO totp.entities AS e (identity, service_sid, sid, date_created, date_updated, \
+    text: "INSERT INTO totp_private.entities AS e (identity, service_sid, sid, date_created, date_updated, \
              factor_window_start, factors_created_in_window) \
            VALUES ($1, $2, $3, $4, $4, $4, 1) \
            ON CONFLICT (identity, service_sid) DO UPDATE SET \
@@ -195,6 +198,8 @@ pub struct LockedFactor {
     pub sid: String,
     pub entity_sid: String,
     pub verified: bool,
+    /// When an unverified factor is gone (Postgres microseconds); None once verified.
+    pub unverified_until: Option<i64>,
     pub code_length: i32,
     pub params: CodeParams,
     pub last_step: Option<i64>,
@@ -212,7 +217,7 @@ pub struct LockedFactor {
 static LOCK: Sql = Sql {
     text: "SELECT f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
              f.failed_verifications, f.challenge_hour_start, f.challenges_in_hour, \
-             f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed \
+             f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed, f.unverified_until \
            FROM totp_private.factors f \
            JOIN totp_private.factor_secrets s ON s.identity = f.identity AND s.factor_sid = f.sid \
            WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 AND s.identity = $1 \
@@ -261,28 +266,70 @@ pub fn lock(
         challenges_in_day: db::req(&row, 12)?,
         key_id: db::req(&row, 13)?,
         sealed: db::req(&row, 14)?,
+        unverified_until: micros(db::get(&row, 15)?),
     })
 }
 
 impl LockedFactor {
-    /// The time step `payload` proves, if it is a right, fresh code now. Wrong length, wrong
-    /// code and replayed code all give `None`, indistinguishably.
-    pub fn accepts(&self, client: &mut SpiClient<'_>, payload: &str, now: Now) -> TotpResult<Option<i64>> {
-        let secret = keyring::open(client, &self.sid, self.key_id, &self.sealed)?;
-        if payload.len() != self.code_length as usize {
-            return Ok(None);
+    /// The wrong codes this factor may take per window, whatever the callers' transactions do:
+    /// exactly what the committed counters allow (see `guess_limit`).
+    fn guess_budget(&self, service: &Service) -> Budget {
+        let times =
+            |per: i32| (i64::from(per) * i64::from(service.max_challenge_attempts)).clamp(0, u32::MAX.into()) as u32;
+        match self.unverified_until {
+            Some(until) if !self.verified => {
+                Budget::Unverified { limit: service.max_factor_attempts.max(0) as u32, until: unix_seconds(until) }
+            }
+            _ if self.code_length <= SHORT_CODE_MAX_LENGTH => {
+                Budget::Verified { per_hour: None, per_day: times(service.max_short_code_challenges_per_day) }
+            }
+            _ => Budget::Verified {
+                per_hour: Some(times(service.max_challenges_per_hour)),
+                per_day: times(service.max_challenges_per_day),
+            },
         }
-        let Some(now_step) = otp::time_step(now.unix_seconds(), self.params.step_seconds) else {
-            return Ok(None);
+    }
+
+    /// The time step `payload` proves, if it is a right, fresh code now. Wrong length, wrong
+    /// code and replayed code all give `None`, indistinguishably. Each check reserves a guess in
+    /// shared memory first, which no rollback returns; a right code gives it back.
+    pub fn accepts(
+        &self,
+        client: &mut SpiClient<'_>,
+        service: &Service,
+        payload: &str,
+        now: Now,
+    ) -> TotpResult<Option<i64>> {
+        let secret = keyring::open(client, &self.sid, self.key_id, &self.sealed)?;
+        let budget = self.guess_budget(service);
+        let reservation =
+            guess_limit::reserve(&self.sid, budget, now.unix_seconds()).map_err(|refusal| match refusal {
+                Refusal::Exhausted { limit, window } => TotpError::GuessesExhausted {
+                    twilio: if matches!(budget, Budget::Unverified { .. }) { 60310 } else { 60308 },
+                    limit,
+                    window,
+                },
+                Refusal::Full => TotpError::GuessSlotsFull,
+                Refusal::NotLoaded => TotpError::GuessLimitsNotLoaded,
+            })?;
+        let accepted = if payload.len() == self.code_length as usize {
+            otp::time_step(now.unix_seconds(), self.params.step_seconds).and_then(|now_step| {
+                let last = self.last_step.map(|s| s.max(0) as u64);
+                otp::match_step(&secret, payload, now_step, last, self.params).map(|s| s as i64)
+            })
+        } else {
+            None
         };
-        let last = self.last_step.map(|s| s.max(0) as u64);
-        Ok(otp::match_step(&secret, payload, now_step, last, self.params).map(|s| s as i64))
+        if let (Some(_), Some(reservation)) = (accepted, reservation) {
+            reservation.refund();
+        }
+        Ok(accepted)
     }
 }
 
 static VERIFIED: Sql = Sql {
     text: "UPDATE totp_private.factors SET status = 'verified', unverified_until = NULL, \
-             last_step = $3, failed_verifications = 0, date_updated = $4 \
+             last_step = $3, failed_verifications = 0, date_updated = $4, date_verified = $4 \
            WHERE identity = $1 AND sid = $2",
     params: &[TEXT, TEXT, INT8, TIMESTAMPTZ],
 };
@@ -317,7 +364,7 @@ fn verify_factor(
         if factor.failed_verifications >= service.max_factor_attempts {
             return Err(TotpError::FactorAttemptsExhausted { limit: service.max_factor_attempts });
         }
-        match factor.accepts(client, payload, now)? {
+        match factor.accepts(client, &service, payload, now)? {
             Some(step) => {
                 db::exec(client, &VERIFIED, &[arg(identity), arg(factor_sid), arg(step), arg(now.timestamptz())])?;
                 events::send(client, Event::FactorVerified, service_sid, identity, factor_sid, None, now)?;
@@ -330,20 +377,34 @@ fn verify_factor(
     })?)
 }
 
-// A new time_step renumbers the steps. No code of the new settings has been accepted yet, so the
-// replay guard becomes the new step just before the one holding the start of the last accepted
-// step: the current step's code is fresh. An unchanged time_step keeps the guard as it is.
+// Steps of different lengths are not comparable, so each time_step keeps its own replay guard: a
+// new time_step parks the current guard in replay_guards under the old length and takes up the
+// guard last parked under the new one (none if the factor never had it). A code is thus never
+// accepted twice for the same (time_step, step), whatever sequence of changes comes between,
+// and the app's current code under a new time_step works at once. An unchanged time_step keeps
+// the guard as it is.
 static UPDATE: Sql = Sql {
     text: "UPDATE totp_private.factors AS f SET \
              friendly_name = COALESCE($4, f.friendly_name), alg = COALESCE($5, f.alg), \
              code_length = COALESCE($6, f.code_length), time_step = COALESCE($7, f.time_step), \
              skew = COALESCE($8, f.skew), metadata = COALESCE($9, f.metadata), date_updated = $10, \
              last_step = CASE WHEN $7 IS NULL OR $7 = f.time_step THEN f.last_step \
-                              ELSE f.last_step * f.time_step / $7 - 1 END \
+                              ELSE (f.replay_guards ->> $7::text)::bigint END, \
+             replay_guards = CASE WHEN $7 IS NULL OR $7 = f.time_step OR f.last_step IS NULL \
+                                  THEN f.replay_guards \
+                                  ELSE COALESCE(f.replay_guards, '{}'::jsonb) \
+                                       || pg_catalog.jsonb_build_object(f.time_step::text, f.last_step) END \
            WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 \
-             AND (f.unverified_until IS NULL OR f.unverified_until > $10) \
            RETURNING f.sid",
     params: &[TEXT, TEXT, TEXT, TEXT, TEXT, INT4, INT4, INT4, JSONB, TIMESTAMPTZ],
+};
+
+// A pending challenge was created, and its attempts budgeted, under the old code settings: with
+// shorter codes or a wider window its remaining attempts would be worth more guesses.
+static EXPIRE_PENDING: Sql = Sql {
+    text: "UPDATE totp_private.challenges SET status = 'expired', date_updated = $3 \
+           WHERE identity = $1 AND factor_sid = $2 AND status = 'pending'",
+    params: &[TEXT, TEXT, TIMESTAMPTZ],
 };
 
 /// Updates a factor's name, settings or metadata; NULL leaves a value as it is. Changing alg,
@@ -373,6 +434,12 @@ fn update_factor(
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<FactorRow> {
         super::services::load(client, service_sid, now)?;
+        // The lock orders this change after any verification in flight on the factor.
+        let factor = lock(client, service_sid, identity, factor_sid, now)?;
+        let codes_change = alg.is_some_and(|alg| alg != factor.params.alg)
+            || code_length.is_some_and(|length| length != factor.code_length)
+            || time_step.is_some_and(|step| step as u32 != factor.params.step_seconds)
+            || skew.is_some_and(|skew| skew as u32 != factor.params.skew);
         let table = db::exec(
             client,
             &UPDATE,
@@ -391,6 +458,9 @@ fn update_factor(
         )?;
         if table.is_empty() {
             return Err(super::entities::missing(client, service_sid, identity, SidKind::Factor, factor_sid));
+        }
+        if codes_change {
+            db::exec(client, &EXPIRE_PENDING, &[arg(identity), arg(factor_sid), arg(now.timestamptz())])?;
         }
         row(client, identity, factor_sid)
     })?)

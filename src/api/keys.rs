@@ -1,16 +1,22 @@
 //! Key rotation (SPEC §8): `totp.rotate_key()` and `totp.retire_keys()`.
 //!
-//! Rotation writes a new current key to the key file, then re-seals every secret under it in
+//! Rotation stages a new current key for the key file, then re-seals every secret under it in
 //! batches. Secrets live in `totp_private.factor_secrets`, apart from the factor rows that
 //! verifications lock, so re-sealing never blocks a verification: until rotation commits, a
-//! verification reads the previous ciphertext, which the previous key (still in the file)
-//! opens. A key leaves the file only once no secret uses it — checked by `retire_keys()`, which
-//! `rotate_key()` also runs first. These are housekeeping statements over all identities
-//! (SPEC §9 allows that off the request path).
+//! verification reads the previous ciphertext, which the previous key (still in the file) opens.
+//! A key leaves the file only once no secret uses it — checked by `retire_keys()`, which
+//! `rotate_key()` also runs first. How the file and the tables stay in agreement through
+//! rollbacks, crashes and concurrent enrolments is in `keyring`. These are housekeeping
+//! statements over all identities (SPEC §9 allows that off the request path).
+//!
+//! Neither function is SECURITY DEFINER: they run with the caller's rights, so the superuser
+//! check below is about the caller (inside a SECURITY DEFINER function owned by a superuser it
+//! would always pass), and a role without rights on totp_private could not run them anyway.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use std::path::Path;
 use totp_core::keyfile;
 use totp_core::sealed;
 
@@ -26,6 +32,13 @@ static MARK: Sql = Sql {
            ON CONFLICT (key_id) DO UPDATE SET state = EXCLUDED.state",
     params: &[INT8, TEXT],
 };
+
+// Waits for every enrolment holding the key (FOR KEY SHARE, see keyring) to end.
+static LOCK_KEY: Sql =
+    Sql { text: "SELECT key_id FROM totp_private.keys WHERE key_id = $1 FOR UPDATE", params: &[INT8] };
+
+static LOCK_PREVIOUS: Sql =
+    Sql { text: "SELECT key_id FROM totp_private.keys WHERE state = 'previous' FOR UPDATE", params: &[] };
 
 static DEMOTE: Sql = Sql {
     text: "UPDATE totp_private.keys SET state = 'previous' WHERE state = 'current' AND key_id <> $1",
@@ -47,25 +60,38 @@ static RESEAL: Sql = Sql {
 };
 
 /// Key files decide which key material seals every secret: only superusers may change them,
-/// whatever EXECUTE has been granted (for instance by `GRANT EXECUTE ON ALL FUNCTIONS`).
-fn require_superuser(what: &'static str) -> TotpResult<()> {
-    // SAFETY: superuser() only reads the current user's role.
-    if unsafe { pgrx::pg_sys::superuser() } {
-        Ok(())
-    } else {
-        Err(TotpError::SuperuserRequired { what })
+/// whatever EXECUTE has been granted (for instance by `GRANT EXECUTE ON ALL FUNCTIONS`). Key
+/// changes must also run at READ COMMITTED: after waiting for an enrolment to end they must see
+/// the secret it committed, which an older snapshot would not.
+fn require_key_manager(what: &'static str) -> TotpResult<()> {
+    // SAFETY: superuser() reads the current user's role; these functions are not SECURITY
+    // DEFINER, so that is the caller.
+    if !unsafe { pgrx::pg_sys::superuser() } {
+        return Err(TotpError::SuperuserRequired { what });
     }
+    // SAFETY: reads the transaction's isolation level.
+    if unsafe { pgrx::pg_sys::XactIsoLevel } > pgrx::pg_sys::XACT_READ_COMMITTED as i32 {
+        return Err(TotpError::KeyChangeIsolation { what });
+    }
+    Ok(())
 }
 
-/// Removes from the key file every key but the current one that no secret uses.
-fn retire_unused(client: &mut SpiClient<'_>) -> TotpResult<Vec<i64>> {
+/// Removes from the key file (at commit) every key but the current one that no secret uses,
+/// after waiting for the enrolments that hold it.
+fn retire_unused(client: &mut SpiClient<'_>, path: &Path) -> TotpResult<Vec<i64>> {
     let keys = keyring::all(client)?;
-    let current = keys.last().map(|(id, _)| *id);
+    // Before any secret is sealed there is no current row; the file's last key is kept then.
+    let current = keyring::current_id(client)?.or_else(|| keys.last().map(|(id, _)| *id));
     let mut kept = Vec::new();
     let mut retired = Vec::new();
     for (id, key) in keys {
+        if Some(id) == current {
+            kept.push((id, key));
+            continue;
+        }
+        db::exec(client, &LOCK_KEY, &[arg(id)])?;
         let in_use: bool = db::req(&db::exec(client, &KEY_IN_USE, &[arg(id)])?.first(), 1)?;
-        if in_use || Some(id) == current {
+        if in_use {
             kept.push((id, key));
         } else {
             db::exec(client, &MARK, &[arg(id), arg("retired")])?;
@@ -73,56 +99,28 @@ fn retire_unused(client: &mut SpiClient<'_>) -> TotpResult<Vec<i64>> {
         }
     }
     if !retired.is_empty() {
-        keyring::write_file(&keyring::key_file_path(client)?, &kept)?;
+        keyring::stage(path, kept);
     }
     Ok(retired)
 }
 
 /// Removes keys no secret uses any more from the key file; returns their ids. Run it after a
 /// `rotate_key()` has committed (rotate_key itself runs it first).
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn retire_keys() -> Result<Vec<i64>, ErrorReport> {
-    require_superuser("retire keys")?;
-    Ok(Spi::connect_mut(retire_unused)?)
+    require_key_manager("retire keys")?;
+    Ok(Spi::connect_mut(|client| {
+        let path = keyring::lock_for_change(client)?;
+        retire_unused(client, &path)
+    })?)
 }
 
-/// Makes a new key current and re-seals every secret under it, `batch_size` rows at a time;
-/// returns the new key's id, how many secrets were re-sealed, how many could not be opened
-/// (left as they are), and the keys retired first.
-#[allow(clippy::type_complexity)] // pgrx reads the column names from this very signature
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
-fn rotate_key(
-    batch_size: default!(i32, 1000),
-) -> Result<
-    TableIterator<
-        'static,
-        (name!(new_key_id, i64), name!(resealed, i64), name!(unreadable, i64), name!(retired_key_ids, Vec<i64>)),
-    >,
-    ErrorReport,
-> {
-    require_superuser("rotate keys")?;
-    if batch_size < 1 {
-        return Err(
-            TotpError::invalid_service(totp_core::validate::Invalid::new("batch_size", "must be positive")).into()
-        );
-    }
-    let (new_id, new_key, retired) = Spi::connect_mut(|client| -> TotpResult<_> {
-        keyring::current(client)?; // creates the key file if this database has none yet
-        let retired = retire_unused(client)?;
-        let mut keys = keyring::all(client)?;
-        let (new_id, new_key) = keyfile::generate();
-        keys.push((new_id, new_key.clone()));
-        keyring::write_file(&keyring::key_file_path(client)?, &keys)?;
-        db::exec(client, &MARK, &[arg(new_id), arg("current")])?;
-        db::exec(client, &DEMOTE, &[arg(new_id)])?;
-        Ok((new_id, new_key, retired))
-    })?;
-
-    // A secret that does not open (its key file entry lost, or a ciphertext moved from another
-    // row) is left as it is and counted: rotation is not the place to destroy evidence, and its
-    // key stays in the file because a secret still names it.
+/// Re-seals, `batch_size` at a time, every secret not yet under `new_id`: (re-sealed, left
+/// unreadable). A secret that does not open (its key file entry lost, or a ciphertext moved from
+/// another row) is left as it is and counted: rotation is not the place to destroy evidence, and
+/// its key stays in the file because a secret still names it.
+fn reseal_all(new_id: i64, new_key: &keyfile::Key, batch_size: i32) -> TotpResult<(i64, i64)> {
     let (mut resealed, mut unreadable) = (0i64, 0i64);
     let mut after = (String::new(), String::new());
     loop {
@@ -146,7 +144,7 @@ fn rotate_key(
                     }
                     Err(e) => return Err(e),
                 };
-                let new = sealed::seal(&new_key, factor_sid.as_bytes(), &secret);
+                let new = sealed::seal(new_key, factor_sid.as_bytes(), &secret);
                 db::exec(client, &RESEAL, &[arg(identity.as_str()), arg(factor_sid.as_str()), arg(new_id), arg(new)])?;
                 resealed += 1;
             }
@@ -156,8 +154,51 @@ fn rotate_key(
             Ok(rows.len())
         })?;
         if fetched == 0 {
-            break;
+            return Ok((resealed, unreadable));
         }
     }
+}
+
+/// Makes a new key current and re-seals every secret under it, `batch_size` rows at a time;
+/// returns the new key's id, how many secrets were re-sealed, how many could not be opened
+/// (left as they are), and the keys retired first.
+#[allow(clippy::type_complexity)] // pgrx reads the column names from this very signature
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn rotate_key(
+    batch_size: default!(i32, 1000),
+) -> Result<
+    TableIterator<
+        'static,
+        (name!(new_key_id, i64), name!(resealed, i64), name!(unreadable, i64), name!(retired_key_ids, Vec<i64>)),
+    >,
+    ErrorReport,
+> {
+    require_key_manager("rotate keys")?;
+    if batch_size < 1 {
+        return Err(
+            TotpError::invalid_service(totp_core::validate::Invalid::new("batch_size", "must be positive")).into()
+        );
+    }
+    let (new_id, new_key, retired) = Spi::connect_mut(|client| -> TotpResult<_> {
+        let path = keyring::lock_for_change(client)?;
+        keyring::current_for_sealing(client)?; // makes the first key if this database has none yet
+        let retired = retire_unused(client, &path)?;
+        let mut keys = keyring::all(client)?;
+        let (new_id, new_key) = keyfile::generate();
+        keys.push((new_id, new_key.clone()));
+        keyring::stage(&path, keys);
+        db::exec(client, &MARK, &[arg(new_id), arg("current")])?;
+        db::exec(client, &DEMOTE, &[arg(new_id)])?;
+        Ok((new_id, new_key, retired))
+    })?;
+
+    let (resealed, _) = reseal_all(new_id, &new_key, batch_size)?;
+    // Enrolments that read the previous key as current before this rotation made a new one may
+    // still be sealing under it: wait for them (they hold it FOR KEY SHARE), then sweep again. New
+    // enrolments seal under the new key once this commits; until then they wait here too.
+    Spi::connect_mut(|client| db::exec(client, &LOCK_PREVIOUS, &[]).map(drop))?;
+    let (late, unreadable) = reseal_all(new_id, &new_key, batch_size)?;
+    let resealed = resealed + late;
     Ok(TableIterator::once((new_id, resealed, unreadable, retired)))
 }

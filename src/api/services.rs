@@ -1,7 +1,7 @@
 //! `totp.services`: create, update, delete (Twilio POST/DELETE /Services), and the lookup of a
 //! service's defaults and limits that every per-user call starts with.
 
-use pgrx::datum::TimestampWithTimeZone;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -10,7 +10,7 @@ use totp_core::validate::{self, Invalid};
 
 use super::sid_arg;
 use crate::clock::Now;
-use crate::db::{self, arg, Sql, INT4, TEXT, TIMESTAMPTZ};
+use crate::db::{self, arg, Sql, INT4, INTERVAL, TEXT, TIMESTAMPTZ};
 use crate::error::{TotpError, TotpResult};
 
 type ServiceRow = pgrx::composite_type!('static, "totp.services");
@@ -29,11 +29,22 @@ fn check_settings(
 }
 
 static INSERT: Sql = Sql {
-    text: "INSERT INTO totp.services AS s (sid, friendly_name, totp_issuer, totp_time_step, \
+    text: "INSERT INTO totp_private.services AS s (sid, friendly_name, totp_issuer, totp_time_step, \
              totp_code_length, totp_skew, date_created, date_updated) \
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING s",
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING s.sid",
     params: &[TEXT, TEXT, TEXT, INT4, INT4, INT4, TIMESTAMPTZ],
 };
+
+static SELECT_ROW: Sql = Sql { text: "SELECT s FROM totp.services s WHERE s.sid = $1", params: &[TEXT] };
+
+/// The service's public row (the `totp.services` view).
+fn row(client: &mut SpiClient<'_>, sid: &str) -> TotpResult<ServiceRow> {
+    let table = db::exec(client, &SELECT_ROW, &[arg(sid)])?;
+    match db::first(table) {
+        Some(row) => db::req(&row, 1),
+        None => Err(TotpError::ServiceNotFound { sid: sid.to_string() }),
+    }
+}
 
 /// Creates a service. Unset TOTP settings stay NULL and mean Twilio's defaults (30 s, 6, 1).
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -52,7 +63,7 @@ fn create_service(
     let now = Now::read();
     let sid = sid::generate(SidKind::Service);
     Ok(Spi::connect_mut(|client| -> TotpResult<ServiceRow> {
-        let row = db::exec(
+        db::exec(
             client,
             &INSERT,
             &[
@@ -65,24 +76,86 @@ fn create_service(
                 arg(now.timestamptz()),
             ],
         )?;
-        db::req(&row.first(), 1)
+        row(client, &sid)
     })?)
 }
 
+// The lifetimes must keep challenge_ttl <= max_challenge_ttl, whichever of them changes: a row
+// that would break that is not updated, and the caller is told which rule.
 static UPDATE: Sql = Sql {
-    text: "UPDATE totp.services AS s SET \
+    text: "UPDATE totp_private.services AS s SET \
              friendly_name = COALESCE($2, s.friendly_name), \
              totp_issuer = COALESCE($3, s.totp_issuer), \
              totp_time_step = COALESCE($4, s.totp_time_step), \
              totp_code_length = COALESCE($5, s.totp_code_length), \
              totp_skew = COALESCE($6, s.totp_skew), \
-             date_updated = $7 \
-           WHERE s.sid = $1 RETURNING s",
-    params: &[TEXT, TEXT, TEXT, INT4, INT4, INT4, TIMESTAMPTZ],
+             date_updated = $7, \
+             max_factor_attempts = COALESCE($8, s.max_factor_attempts), \
+             max_challenge_attempts = COALESCE($9, s.max_challenge_attempts), \
+             max_challenges_per_hour = COALESCE($10, s.max_challenges_per_hour), \
+             max_challenges_per_day = COALESCE($11, s.max_challenges_per_day), \
+             max_short_code_challenges_per_day = COALESCE($12, s.max_short_code_challenges_per_day), \
+             max_factors_per_entity = COALESCE($13, s.max_factors_per_entity), \
+             max_factor_creations_per_day = COALESCE($14, s.max_factor_creations_per_day), \
+             challenge_ttl = COALESCE($15, s.challenge_ttl), \
+             max_challenge_ttl = COALESCE($16, s.max_challenge_ttl), \
+             unverified_factor_ttl = COALESCE($17, s.unverified_factor_ttl), \
+             event_retention = COALESCE($18, s.event_retention) \
+           WHERE s.sid = $1 AND COALESCE($15, s.challenge_ttl) <= COALESCE($16, s.max_challenge_ttl) \
+           RETURNING s.sid",
+    params: &[
+        TEXT,
+        TEXT,
+        TEXT,
+        INT4,
+        INT4,
+        INT4,
+        TIMESTAMPTZ,
+        INT4,
+        INT4,
+        INT4,
+        INT4,
+        INT4,
+        INT4,
+        INT4,
+        INTERVAL,
+        INTERVAL,
+        INTERVAL,
+        INTERVAL,
+    ],
 };
 
+static EXISTS: Sql = Sql { text: "SELECT 1 FROM totp_private.services WHERE sid = $1", params: &[TEXT] };
+
+/// The longest a challenge may live (Twilio's maximum).
+const MAX_CHALLENGE_TTL_MICROS: i128 = 60 * 60 * 1_000_000;
+
+/// A limit: a positive count (Twilio 60200 otherwise).
+fn positive(field: &'static str, value: Option<i32>) -> TotpResult<()> {
+    match value {
+        Some(value) if value < 1 => Err(TotpError::invalid_service(Invalid::new(field, "must be positive"))),
+        _ => Ok(()),
+    }
+}
+
+/// A lifetime: positive, and at most `max` microseconds when given.
+fn lifetime(field: &'static str, value: Option<Interval>, max: Option<i128>) -> TotpResult<()> {
+    let Some(micros) = value.map(|v| v.as_micros()) else {
+        return Ok(());
+    };
+    if micros <= 0 {
+        return Err(TotpError::invalid_service(Invalid::new(field, "must be positive")));
+    }
+    if max.is_some_and(|max| micros > max) {
+        return Err(TotpError::invalid_service(Invalid::new(field, "must be at most 60 minutes")));
+    }
+    Ok(())
+}
+
 /// Updates a service; NULL leaves a setting as it is. Factors keep the settings they were
-/// created with (they are already in users' apps).
+/// created with (they are already in users' apps). The limits of SPEC §6 are changed here:
+/// `totp.services` is a read-only view.
+#[allow(clippy::too_many_arguments)] // mirrors Twilio's parameters and the limits of SPEC §6
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn update_service(
@@ -92,12 +165,38 @@ fn update_service(
     time_step: default!(Option<i32>, "NULL"),
     code_length: default!(Option<i32>, "NULL"),
     skew: default!(Option<i32>, "NULL"),
+    max_factor_attempts: default!(Option<i32>, "NULL"),
+    max_challenge_attempts: default!(Option<i32>, "NULL"),
+    max_challenges_per_hour: default!(Option<i32>, "NULL"),
+    max_challenges_per_day: default!(Option<i32>, "NULL"),
+    max_short_code_challenges_per_day: default!(Option<i32>, "NULL"),
+    max_factors_per_entity: default!(Option<i32>, "NULL"),
+    max_factor_creations_per_day: default!(Option<i32>, "NULL"),
+    challenge_ttl: default!(Option<Interval>, "NULL"),
+    max_challenge_ttl: default!(Option<Interval>, "NULL"),
+    unverified_factor_ttl: default!(Option<Interval>, "NULL"),
+    event_retention: default!(Option<Interval>, "NULL"),
 ) -> Result<pgrx::composite_type!('static, "totp.services"), ErrorReport> {
     let sid = sid_arg("sid", SidKind::Service, sid)?;
     if let Some(name) = friendly_name {
         validate::friendly_name("friendly_name", name).map_err(TotpError::invalid_service)?;
     }
     check_settings(issuer, time_step, code_length, skew)?;
+    for (field, value) in [
+        ("max_factor_attempts", max_factor_attempts),
+        ("max_challenge_attempts", max_challenge_attempts),
+        ("max_challenges_per_hour", max_challenges_per_hour),
+        ("max_challenges_per_day", max_challenges_per_day),
+        ("max_short_code_challenges_per_day", max_short_code_challenges_per_day),
+        ("max_factors_per_entity", max_factors_per_entity),
+        ("max_factor_creations_per_day", max_factor_creations_per_day),
+    ] {
+        positive(field, value)?;
+    }
+    lifetime("challenge_ttl", challenge_ttl, Some(MAX_CHALLENGE_TTL_MICROS))?;
+    lifetime("max_challenge_ttl", max_challenge_ttl, Some(MAX_CHALLENGE_TTL_MICROS))?;
+    lifetime("unverified_factor_ttl", unverified_factor_ttl, None)?;
+    lifetime("event_retention", event_retention, None)?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<ServiceRow> {
         let table = db::exec(
@@ -111,23 +210,40 @@ fn update_service(
                 arg(code_length),
                 arg(skew),
                 arg(now.timestamptz()),
+                arg(max_factor_attempts),
+                arg(max_challenge_attempts),
+                arg(max_challenges_per_hour),
+                arg(max_challenges_per_day),
+                arg(max_short_code_challenges_per_day),
+                arg(max_factors_per_entity),
+                arg(max_factor_creations_per_day),
+                arg(challenge_ttl),
+                arg(max_challenge_ttl),
+                arg(unverified_factor_ttl),
+                arg(event_retention),
             ],
         )?;
-        match db::first(table) {
-            Some(row) => db::req(&row, 1),
-            None => Err(TotpError::ServiceNotFound { sid: sid.to_string() }),
+        if table.is_empty() {
+            if db::exec(client, &EXISTS, &[arg(sid)])?.is_empty() {
+                return Err(TotpError::ServiceNotFound { sid: sid.to_string() });
+            }
+            return Err(TotpError::invalid_service(Invalid::new("challenge_ttl", "must be at most max_challenge_ttl")));
         }
+        row(client, sid)
     })?)
 }
 
-static DELETE: Sql = Sql { text: "DELETE FROM totp.services WHERE sid = $1 RETURNING sid", params: &[TEXT] };
+static DELETE: Sql = Sql { text: "DELETE FROM totp_private.services WHERE sid = $1 RETURNING sid", params: &[TEXT] };
 
-/// Deletes a service and, by cascade, its entities, factors and challenges.
+/// Deletes a service and, by cascade, its entities, factors and challenges, recording a
+/// `factor.deleted` for each factor.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn delete_service(sid: Option<&str>) -> Result<(), ErrorReport> {
     let sid = sid_arg("sid", SidKind::Service, sid)?;
+    let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<()> {
+        super::events::service_deleted(client, sid, now)?;
         let table = db::exec(client, &DELETE, &[arg(sid)])?;
         if table.is_empty() {
             return Err(TotpError::ServiceNotFound { sid: sid.to_string() });
@@ -164,7 +280,7 @@ static LOAD: Sql = Sql {
              max_challenges_per_day, max_short_code_challenges_per_day, max_factors_per_entity, \
              max_factor_creations_per_day, $2 + challenge_ttl, $2 + max_challenge_ttl, \
              $2 + unverified_factor_ttl \
-           FROM totp.services WHERE sid = $1",
+           FROM totp_private.services WHERE sid = $1",
     params: &[TEXT, TIMESTAMPTZ],
 };
 
