@@ -53,10 +53,11 @@ CREATE TABLE totp_private.services (
     challenge_ttl                interval    NOT NULL DEFAULT '5 minutes',
     max_challenge_ttl            interval    NOT NULL DEFAULT '60 minutes',
     unverified_factor_ttl        interval    NOT NULL DEFAULT '24 hours' CHECK (unverified_factor_ttl > '0'),
-    -- How long run_maintenance keeps the service's rows of totp.events.
-    event_retention              interval    NOT NULL DEFAULT '7 days' CHECK (event_retention > '0'),
     date_created                 timestamptz NOT NULL,
     date_updated                 timestamptz NOT NULL,
+    -- How long run_maintenance keeps the service's rows of totp.events. (Columns added after
+    -- 0.1.0 come last, where ALTER TABLE ADD COLUMN puts them in an upgraded database.)
+    event_retention              interval    NOT NULL DEFAULT '7 days' CHECK (event_retention > '0'),
     CHECK (challenge_ttl > '0' AND challenge_ttl <= max_challenge_ttl AND max_challenge_ttl <= '60 minutes')
 );
 
@@ -98,12 +99,6 @@ CREATE TABLE totp_private.factors (
     -- Replay guard: the last time step accepted, by verify_factor or a challenge (RFC 6238 §5.2),
     -- counted in steps of the current time_step.
     last_step                    bigint,
-    -- The replay guards of the other time_steps this factor has had ({"30": step, ...}): steps of
-    -- different lengths are not comparable, so each length keeps its own guard, and a time_step
-    -- changed there and back finds its old guard again.
-    replay_guards                jsonb,
-    -- When verify_factor accepted the factor's first code (NULL while unverified).
-    date_verified                timestamptz,
     -- Wrong codes submitted to verify_factor (60310).
     failed_verifications         integer     NOT NULL DEFAULT 0,
     -- Challenge creations in the current hour and 24-hour windows (60312).
@@ -111,6 +106,12 @@ CREATE TABLE totp_private.factors (
     challenges_in_hour           integer     NOT NULL DEFAULT 0,
     challenge_day_start          timestamptz,
     challenges_in_day            integer     NOT NULL DEFAULT 0,
+    -- The replay guards of the other time_steps this factor has had ({"30": step, ...}): steps of
+    -- different lengths are not comparable, so each length keeps its own guard, and a time_step
+    -- changed there and back finds its old guard again.
+    replay_guards                jsonb,
+    -- When verify_factor accepted the factor's first code (NULL while unverified).
+    date_verified                timestamptz,
     PRIMARY KEY (identity, sid),
     FOREIGN KEY (identity, entity_sid) REFERENCES totp_private.entities (identity, sid) ON DELETE CASCADE
 );

@@ -24,7 +24,8 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA totp TO %s', role);
     EXECUTE pg_catalog.format('GRANT SELECT ON totp.services, totp.factors, totp.challenges TO %s', role);
     EXECUTE pg_catalog.format(
-        'GRANT EXECUTE ON FUNCTION totp.create_challenge, totp.update_challenge, totp.has_recent_approval TO %s',
-        role);
+        'GRANT EXECUTE ON FUNCTION totp.create_challenge, totp.update_challenge, '
+        'totp.has_recent_approval(text, text, interval), '
+        'totp.has_recent_approval(text, text, interval, interval) TO %s', role);
 END
 $$;

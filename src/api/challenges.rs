@@ -300,13 +300,13 @@ const LONGEST_WINDOW_MICROS: i128 = 1_000 * 366 * 86_400 * 1_000_000;
 /// recorded for the user's app to notice). An identity that is NULL or could never be one (an
 /// e-mail address, say) has no approvals, nor has any identity within a negative interval:
 /// false, not an error, so a policy over rows of any shape keeps working.
-#[pg_extern(stable, parallel_safe, security_definer)]
+#[pg_extern(stable, parallel_safe, security_definer, name = "has_recent_approval")]
 #[search_path(pg_catalog, pg_temp)]
-fn has_recent_approval(
+fn has_recent_approval_through_aged_factor(
     service_sid: Option<&str>,
     identity: Option<&str>,
     within: Option<pgrx::datum::Interval>,
-    min_factor_age: default!(Option<pgrx::datum::Interval>, "NULL"),
+    min_factor_age: Option<pgrx::datum::Interval>,
 ) -> Result<bool, ErrorReport> {
     let service_sid = sid_arg("service_sid", SidKind::Service, service_sid)?;
     let within = required("within", within)?.as_micros().min(LONGEST_WINDOW_MICROS);
@@ -325,4 +325,17 @@ fn has_recent_approval(
         )?;
         Ok(db::first(table).map(|row| db::req::<bool>(&row, 1)).transpose()?.unwrap_or(false))
     })?)
+}
+
+/// `has_recent_approval(service_sid, identity, within)`: any approval within `within` counts. A
+/// separate function rather than a default for `min_factor_age`, so that policies written
+/// against 0.1.0's three-argument function keep their dependency across the upgrade.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn has_recent_approval(
+    service_sid: Option<&str>,
+    identity: Option<&str>,
+    within: Option<pgrx::datum::Interval>,
+) -> Result<bool, ErrorReport> {
+    has_recent_approval_through_aged_factor(service_sid, identity, within, None)
 }
