@@ -25,7 +25,6 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT SELECT ON totp.services, totp.factors, totp.challenges TO %s', role);
     EXECUTE pg_catalog.format(
         'GRANT EXECUTE ON FUNCTION totp.create_challenge, totp.update_challenge, '
-        'totp.has_recent_approval(text, text, interval), '
-        'totp.has_recent_approval(text, text, interval, interval) TO %s', role);
+        'totp.has_recent_approval, totp.has_recent_approval_from_aged_factor TO %s', role);
 END
 $$;

@@ -169,7 +169,7 @@ BEGIN
 END
 $restore$;
 
-CREATE FUNCTION totp.has_recent_approval(
+CREATE FUNCTION totp.has_recent_approval_from_aged_factor(
 	"service_sid" TEXT,
 	"identity" TEXT,
 	"within" interval,
@@ -178,7 +178,7 @@ CREATE FUNCTION totp.has_recent_approval(
 STABLE SECURITY DEFINER PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'has_recent_approval_through_aged_factor_wrapper';
+AS 'MODULE_PATHNAME', 'has_recent_approval_from_aged_factor_wrapper';
 
 CREATE FUNCTION totp_private.forget_identity(
 	"service_sid" TEXT,
@@ -256,7 +256,10 @@ BEGIN
     END IF;
     FOREACH entity_identity IN ARRAY identities LOOP
         IF entity_identity IS NULL
-           OR NOT totp.has_recent_approval(TG_ARGV[0], entity_identity, max_age, min_factor_age) THEN
+           OR NOT (CASE WHEN min_factor_age IS NULL
+                        THEN totp.has_recent_approval(TG_ARGV[0], entity_identity, max_age)
+                        ELSE totp.has_recent_approval_from_aged_factor(TG_ARGV[0], entity_identity, max_age, min_factor_age)
+                   END) THEN
             RAISE EXCEPTION 'step-up approval required'
                 USING ERRCODE = '42501',
                       DETAIL = pg_catalog.format('%s on %I.%I needs a challenge approved within %s for this identity%s.',
@@ -300,8 +303,7 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT SELECT ON totp.services, totp.factors, totp.challenges TO %s', role);
     EXECUTE pg_catalog.format(
         'GRANT EXECUTE ON FUNCTION totp.create_challenge, totp.update_challenge, '
-        'totp.has_recent_approval(text, text, interval), '
-        'totp.has_recent_approval(text, text, interval, interval) TO %s', role);
+        'totp.has_recent_approval, totp.has_recent_approval_from_aged_factor TO %s', role);
 END
 $$;
 
@@ -441,7 +443,8 @@ BEGIN
             ('delete_factor', 'Delete a factor and its challenges'),
             ('create_challenge', 'Create a challenge: approved with a right auth_payload, else pending'),
             ('update_challenge', 'Answer a pending challenge with a code: approved, pending, or denied after the last attempt'),
-            ('has_recent_approval', 'Whether an identity has a challenge approved within an interval, optionally through a factor verified at least min_factor_age before (for RLS and triggers)'),
+            ('has_recent_approval', 'Whether an identity has a challenge approved within an interval (for RLS and triggers)'),
+            ('has_recent_approval_from_aged_factor', 'Like has_recent_approval, counting only approvals through a factor verified at least min_factor_age before them'),
             ('run_maintenance', 'Expire overdue pending challenges, delete unverified factors past their lifetime, prune old events'),
             ('grant_enrolment', 'Grant a role what enrolment needs: create/verify/update/delete factors and entities'),
             ('grant_verification', 'Grant a role what verification needs: create/update challenges and has_recent_approval'),

@@ -61,7 +61,10 @@ BEGIN
     END IF;
     FOREACH entity_identity IN ARRAY identities LOOP
         IF entity_identity IS NULL
-           OR NOT totp.has_recent_approval(TG_ARGV[0], entity_identity, max_age, min_factor_age) THEN
+           OR NOT (CASE WHEN min_factor_age IS NULL
+                        THEN totp.has_recent_approval(TG_ARGV[0], entity_identity, max_age)
+                        ELSE totp.has_recent_approval_from_aged_factor(TG_ARGV[0], entity_identity, max_age, min_factor_age)
+                   END) THEN
             RAISE EXCEPTION 'step-up approval required'
                 USING ERRCODE = '42501',
                       DETAIL = pg_catalog.format('%s on %I.%I needs a challenge approved within %s for this identity%s.',

@@ -30,7 +30,11 @@ mod keyring;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
-extension_sql_file!("../sql/triggers.sql", name = "triggers", requires = [has_recent_approval, forget_identity]);
+extension_sql_file!(
+    "../sql/triggers.sql",
+    name = "triggers",
+    requires = [has_recent_approval, has_recent_approval_from_aged_factor, forget_identity]
+);
 extension_sql_file!("../sql/grants.sql", name = "grants", requires = ["triggers"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 extension_sql_file!("../sql/comments.sql", name = "comments", requires = ["finalize"]);

@@ -117,3 +117,38 @@ def verified_factor(conn, service_sid, identity, **kwargs):
 
 def pytest_report_header(config):
     return f"cluster: host={os.environ.get('PGHOST')} port={os.environ.get('PGPORT')}"
+
+
+class EventReader:
+    """A webhook deliverer's view of SPEC §7 events: it LISTENs for the payload-free
+    `totp_events` wake-up and reads the rows of `totp.events` committed since its last read.
+    `drain(timeout)` waits up to `timeout` for a wake-up and returns the new events, oldest first,
+    as dicts; every notification it sees must carry no payload."""
+
+    COLUMNS = "id::text AS id, type, service_sid, entity_identity, factor_sid, challenge_sid, date_created"
+
+    def __init__(self, dbname):
+        self.conn = connect(dbname)
+        self.conn.execute("LISTEN totp_events")
+        self.seen = {r["id"] for r in self.conn.execute("SELECT id::text AS id FROM totp.events")}
+        self.wakeups = 0
+
+    def drain(self, timeout=0.3):
+        for note in self.conn.notifies(timeout=timeout):
+            assert note.channel == "totp_events" and note.payload == "", f"a notification carries data: {note}"
+            self.wakeups += 1
+        rows = self.conn.execute(
+            f"SELECT {self.COLUMNS} FROM totp.events ORDER BY date_created, type").fetchall()
+        new = [r for r in rows if r["id"] not in self.seen]
+        self.seen.update(r["id"] for r in new)
+        return new
+
+    def close(self):
+        self.conn.close()
+
+
+@pytest.fixture
+def events(db):
+    reader = EventReader(db)
+    yield reader
+    reader.close()

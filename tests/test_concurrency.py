@@ -19,7 +19,7 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import connect, new_factor, new_service, oathtool, rfc4226, wait_inside_step
+from conftest import EventReader, connect, new_factor, new_service, oathtool, rfc4226, wait_inside_step
 
 N = 32  # sessions per race
 HIGH = 100000  # "no limit" for the limits a test does not exercise
@@ -181,17 +181,13 @@ def service_with_limits(admin, **limits):
               "max_factors_per_entity": 100, "max_factor_creations_per_day": 100}
     values.update(limits)
     sets = ", ".join(f"{k} = %({k})s" for k in values)
-    admin.execute(f"UPDATE totp.services SET {sets} WHERE sid = %(sid)s", {**values, "sid": svc})
+    admin.execute(f"UPDATE totp_private.services SET {sets} WHERE sid = %(sid)s", {**values, "sid": svc})
     return svc
 
 
 def drain_events(listener, wait=0.5):
-    """The totp_events notifications received so far (parsed JSON)."""
-    events = []
-    for note in listener.notifies(timeout=wait):
-        if note.channel == "totp_events":
-            events.append(json.loads(note.payload))
-    return events
+    """The events (rows of totp.events) committed since the last read."""
+    return listener.drain(wait)
 
 
 def count_events(events, kind, **match):
@@ -215,9 +211,9 @@ def admin(db):
 
 @pytest.fixture(scope="module")
 def listener(db):
-    with connect(db) as c:
-        c.execute("LISTEN totp_events")
-        yield c
+    reader = EventReader(db)
+    yield reader
+    reader.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ scoping (a SID used with another identity or service is "not found"), argument r
 submitted code or secret reaches a message, each limit (at Twilio's defaults and lowered), the
 lifetimes of challenges and unverified factors, and totp.run_maintenance().
 
-Limits are lowered with `UPDATE totp.services SET ...` (the tests run as superuser) where the
+Limits are lowered with `UPDATE totp_private.services SET ...` (the tests run as superuser) where the
 default would only make a test slower; at least one test per limit runs at the default.
 """
 
@@ -71,7 +71,7 @@ def verified(conn, svc, identity, **kwargs):
 def set_limits(conn, svc, **limits):
     """Test-only: change a service's limit columns (SPEC §6: each limit is a column)."""
     sets = ", ".join(f"{k} = %({k})s" for k in limits)
-    conn.execute(f"UPDATE totp.services SET {sets} WHERE sid = %(sid)s", {**limits, "sid": svc["sid"]})
+    conn.execute(f"UPDATE totp_private.services SET {sets} WHERE sid = %(sid)s", {**limits, "sid": svc["sid"]})
 
 
 def leak_text(err):

@@ -55,7 +55,13 @@ SIGNATURES = {
     "create_service": [("friendly_name", "text"), ("issuer", "text"), ("time_step", "integer"),
                        ("code_length", "integer"), ("skew", "integer")],
     "update_service": [("sid", "text"), ("friendly_name", "text"), ("issuer", "text"),
-                       ("time_step", "integer"), ("code_length", "integer"), ("skew", "integer")],
+                       ("time_step", "integer"), ("code_length", "integer"), ("skew", "integer"),
+                       ("max_factor_attempts", "integer"), ("max_challenge_attempts", "integer"),
+                       ("max_challenges_per_hour", "integer"), ("max_challenges_per_day", "integer"),
+                       ("max_short_code_challenges_per_day", "integer"), ("max_factors_per_entity", "integer"),
+                       ("max_factor_creations_per_day", "integer"), ("challenge_ttl", "interval"),
+                       ("max_challenge_ttl", "interval"), ("unverified_factor_ttl", "interval"),
+                       ("event_retention", "interval")],
     "delete_service": [("sid", "text")],
     "create_entity": [("service_sid", "text"), ("identity", "text")],
     "delete_entity": [("service_sid", "text"), ("identity", "text")],
@@ -74,6 +80,10 @@ SIGNATURES = {
     "update_challenge": [("service_sid", "text"), ("identity", "text"), ("challenge_sid", "text"),
                          ("auth_payload", "text"), ("metadata", "jsonb")],
     "has_recent_approval": [("service_sid", "text"), ("identity", "text"), ("within", "interval")],
+    "has_recent_approval_from_aged_factor": [("service_sid", "text"), ("identity", "text"), ("within", "interval"),
+                                             ("min_factor_age", "interval")],
+    "grant_enrolment": [("role", "regrole")],
+    "grant_verification": [("role", "regrole")],
     "hotp_code": [("secret", "bytea"), ("counter", "bigint"), ("digits", "integer"), ("alg", "text")],
     "totp_code": [("secret", "bytea"), ("at", "timestamp with time zone"), ("time_step", "integer"),
                   ("digits", "integer"), ("alg", "text")],
@@ -89,7 +99,7 @@ SIGNATURES = {
 }
 
 # How many trailing arguments have a DEFAULT (and may be left out of a call).
-DEFAULTS = {"create_service": 4, "update_service": 5, "create_factor": 6, "update_factor": 6,
+DEFAULTS = {"create_service": 4, "update_service": 16, "create_factor": 6, "update_factor": 6,
             "create_challenge": 4, "update_challenge": 1, "hotp_code": 2, "totp_code": 4,
             "generate_secret": 1, "otpauth_uri": 4, "rotate_key": 1}
 

@@ -245,9 +245,10 @@ def test_documented_grants_enrol_and_verify_end_to_end(db, admin, roles):
             c.execute("SELECT totp.delete_service(%s)", (service,))
         with refused("42501"):
             c.execute("SELECT * FROM totp.run_maintenance()")
-        with refused("42501"):
+        # Every relation in totp is a read-only view: writes are refused whatever is granted.
+        with refused("55000"):
             c.execute("UPDATE totp.services SET max_factor_attempts = 100000")
-        with refused("42501"):
+        with refused("55000"):
             c.execute("DELETE FROM totp.entities")
         for rel in all_relations(admin):
             if rel.startswith("totp_private."):

@@ -169,7 +169,7 @@ BEGIN
 END
 $restore$;
 
-CREATE FUNCTION totp.has_recent_approval(
+CREATE FUNCTION totp.has_recent_approval_from_aged_factor(
 	"service_sid" TEXT,
 	"identity" TEXT,
 	"within" interval,
@@ -178,7 +178,7 @@ CREATE FUNCTION totp.has_recent_approval(
 STABLE SECURITY DEFINER PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'has_recent_approval_through_aged_factor_wrapper';
+AS 'MODULE_PATHNAME', 'has_recent_approval_from_aged_factor_wrapper';
 
 CREATE FUNCTION totp_private.forget_identity(
 	"service_sid" TEXT,

@@ -300,9 +300,9 @@ const LONGEST_WINDOW_MICROS: i128 = 1_000 * 366 * 86_400 * 1_000_000;
 /// recorded for the user's app to notice). An identity that is NULL or could never be one (an
 /// e-mail address, say) has no approvals, nor has any identity within a negative interval:
 /// false, not an error, so a policy over rows of any shape keeps working.
-#[pg_extern(stable, parallel_safe, security_definer, name = "has_recent_approval")]
+#[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn has_recent_approval_through_aged_factor(
+fn has_recent_approval_from_aged_factor(
     service_sid: Option<&str>,
     identity: Option<&str>,
     within: Option<pgrx::datum::Interval>,
@@ -327,8 +327,8 @@ fn has_recent_approval_through_aged_factor(
     })?)
 }
 
-/// `has_recent_approval(service_sid, identity, within)`: any approval within `within` counts. A
-/// separate function rather than a default for `min_factor_age`, so that policies written
+/// `has_recent_approval(service_sid, identity, within)`: any approval within `within` counts.
+/// `min_factor_age` has a function of its own rather than a default here, so that policies written
 /// against 0.1.0's three-argument function keep their dependency across the upgrade.
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -337,5 +337,5 @@ fn has_recent_approval(
     identity: Option<&str>,
     within: Option<pgrx::datum::Interval>,
 ) -> Result<bool, ErrorReport> {
-    has_recent_approval_through_aged_factor(service_sid, identity, within, None)
+    has_recent_approval_from_aged_factor(service_sid, identity, within, None)
 }
