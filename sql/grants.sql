@@ -10,6 +10,10 @@
 CREATE FUNCTION totp.grant_enrolment(role regrole) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF role IS NULL OR NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = role) THEN
+        RAISE EXCEPTION 'invalid role (Twilio 60200)' USING ERRCODE = '22023',
+            DETAIL = 'role must name an existing role.';
+    END IF;
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA totp TO %s', role);
     EXECUTE pg_catalog.format('GRANT SELECT ON totp.services, totp.entities, totp.factors TO %s', role);
     EXECUTE pg_catalog.format(
@@ -21,6 +25,10 @@ $$;
 CREATE FUNCTION totp.grant_verification(role regrole) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF role IS NULL OR NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = role) THEN
+        RAISE EXCEPTION 'invalid role (Twilio 60200)' USING ERRCODE = '22023',
+            DETAIL = 'role must name an existing role.';
+    END IF;
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA totp TO %s', role);
     EXECUTE pg_catalog.format('GRANT SELECT ON totp.services, totp.factors, totp.challenges TO %s', role);
     EXECUTE pg_catalog.format(

@@ -8,8 +8,8 @@
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys;
 
-/// Microseconds between the Unix epoch and Postgres's epoch (2000-01-01).
-const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+/// Seconds between the Unix epoch and Postgres's epoch (2000-01-01).
+const PG_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
 const MICROS_PER_SECOND: i64 = 1_000_000;
 pub const MICROS_PER_HOUR: i64 = 3_600 * MICROS_PER_SECOND;
 pub const MICROS_PER_DAY: i64 = 24 * MICROS_PER_HOUR;
@@ -37,5 +37,7 @@ impl Now {
 
 /// Unix seconds (floored) of a Postgres timestamp.
 pub fn unix_seconds(pg_micros: i64) -> i64 {
-    (pg_micros + PG_EPOCH_UNIX_MICROS).div_euclid(MICROS_PER_SECOND)
+    // Seconds first: adding the epoch offset in microseconds overflows near the end of the
+    // timestamp range (the offset is a whole number of seconds, so the result is the same).
+    pg_micros.div_euclid(MICROS_PER_SECOND) + PG_EPOCH_UNIX_SECONDS
 }

@@ -32,16 +32,12 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    GucRegistry::define_int_guc(
-        c"totp_verify.guess_slots",
-        c"Factors whose wrong codes shared memory counts at once (needs shared_preload_libraries).",
-        c"A factor takes a slot at its first wrong code and keeps it until its counting windows end.",
-        &GUESS_SLOTS,
-        1_024,
-        16_777_216,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    // A server-start setting can only be defined while the postmaster preloads the library;
+    // loaded later (not preloaded), the library has no shared memory for it to size anyway.
+    // SAFETY: reads a postmaster global during _PG_init.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        define_guess_slots();
+    }
     GucRegistry::define_bool_guc(
         c"totp_verify.allow_unbounded_rollbacks",
         c"Check codes even without shared_preload_libraries, when rolled-back wrong codes go uncounted.",
@@ -60,6 +56,19 @@ pub fn init() {
     );
     // Typos such as totp_verify.keyfile become errors instead of silently ignored settings.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"totp_verify".as_ptr()) };
+}
+
+fn define_guess_slots() {
+    GucRegistry::define_int_guc(
+        c"totp_verify.guess_slots",
+        c"Factors whose wrong codes shared memory counts at once (needs shared_preload_libraries).",
+        c"A factor takes a slot at its first wrong code and keeps it until its counting windows end.",
+        &GUESS_SLOTS,
+        1_024,
+        16_777_216,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
 }
 
 /// The configured key file path, if one is set.

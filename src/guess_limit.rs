@@ -94,12 +94,31 @@ pub fn init() {
     if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         return;
     }
+    warn_if_parameters_are_logged();
     // SAFETY: hook chaining during _PG_init in the postmaster, before any backend exists.
     unsafe {
         PREV_REQUEST = pg_sys::shmem_request_hook;
         pg_sys::shmem_request_hook = Some(request);
         PREV_STARTUP = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(startup);
+    }
+}
+
+/// The server logs the application's bind parameters (its secrets and codes) unless
+/// `log_parameter_max_length = 0`; the extension cannot change that, but can say so at start.
+fn warn_if_parameters_are_logged() {
+    // SAFETY: reads a core setting by name; NULL when unknown.
+    let value = unsafe { pg_sys::GetConfigOption(c"log_parameter_max_length".as_ptr(), true, false) };
+    if value.is_null() {
+        return;
+    }
+    // SAFETY: GetConfigOption returns a NUL-terminated string owned by the GUC machinery.
+    let value = unsafe { CStr::from_ptr(value) }.to_string_lossy();
+    if value != "0" {
+        pgrx::log!(
+            "totp_verify: log_parameter_max_length is {value}: with log_statement or log_min_duration_statement, \
+             the server logs bind parameters, among them secrets and codes sent to totp functions; set it to 0"
+        );
     }
 }
 

@@ -12,6 +12,7 @@ import time
 import uuid
 
 import psycopg
+import psycopg.rows
 import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -766,3 +767,67 @@ def test_friendly_names_refuse_format_characters_and_blanks(admin, name):
     svc = service(admin)
     with refused("22023", 60306):
         new_factor(admin, svc, "names-1", friendly_name=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5, without shared_preload_libraries: code checks are refused rather than left unbounded
+# ---------------------------------------------------------------------------------------------
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def as_postgres(*cmd):
+    """Runs a command as the postgres OS user (the scripts' way: root directly, others by sudo)."""
+    import os
+    import subprocess
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else ["sudo", "-n", "-u", "postgres"]
+    subprocess.run(prefix + list(cmd), check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def unpreloaded():
+    """A throwaway cluster started without shared_preload_libraries: (host, port)."""
+    import os
+    import socket
+    import subprocess
+    base = f"/var/tmp/totp_verify-nopreload-{SUFFIX}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    subprocess.run(prefix + ["mkdir", "-p", base], check=True)
+    subprocess.run(prefix + ["chown", "postgres:postgres", base], check=True)
+    as_postgres(f"{PG_BIN}/initdb", "-D", f"{base}/data", "-U", "postgres", "--auth=trust")
+    as_postgres(f"{PG_BIN}/pg_ctl", "-D", f"{base}/data", "-l", f"{base}/server.log", "-w", "-o",
+                f"-p {port} -k {base} -c listen_addresses='' -c fsync=off", "start")
+    try:
+        yield base, port
+    finally:
+        as_postgres(f"{PG_BIN}/pg_ctl", "-D", f"{base}/data", "-m", "immediate", "-w", "stop")
+        subprocess.run(prefix + ["rm", "-rf", base], check=True)
+
+
+def test_without_preload_code_checks_are_refused_unless_allowed(unpreloaded):
+    host, port = unpreloaded
+    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True,
+                         row_factory=psycopg.rows.dict_row) as c:
+        c.execute("CREATE EXTENSION totp_verify")
+        svc = service(c)
+        f = new_factor(c, svc, "nopre-1")
+        code = oathtool(f["binding_secret"])
+        with refused("55000"):
+            c.execute("SELECT * FROM totp.verify_factor(%s, 'nopre-1', %s, %s)", (svc, f["sid"], code))
+        # A superuser may accept the weaker behaviour explicitly; an ordinary role may not.
+        c.execute("CREATE ROLE nopre_app LOGIN")
+        c.execute("SELECT totp.grant_enrolment('nopre_app')")
+        with psycopg.connect(host=host, port=port, user="nopre_app", dbname="postgres", autocommit=True) as app:
+            # Set before the library is loaded, a placeholder takes the value, and loading the
+            # library drops it (the setting is superuser-only): still refused.
+            app.execute("SET totp_verify.allow_unbounded_rollbacks = on")
+            with refused("55000"):
+                app.execute("SELECT * FROM totp.verify_factor(%s, 'nopre-1', %s, %s)", (svc, f["sid"], code))
+            with refused("42501"):
+                app.execute("SET totp_verify.allow_unbounded_rollbacks = on")
+        c.execute("SET totp_verify.allow_unbounded_rollbacks = on")
+        row = c.execute("SELECT * FROM totp.verify_factor(%s, 'nopre-1', %s, %s)", (svc, f["sid"], code)).fetchone()
+        assert row["status"] == "verified"

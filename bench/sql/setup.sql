@@ -15,13 +15,17 @@ CREATE TABLE bench.f (
 
 -- The service every factor belongs to; limits raised so that rate limits never trigger.
 CREATE TABLE bench.config AS SELECT sid AS svc FROM totp.create_service('bench');
-UPDATE totp.services SET max_challenges_per_hour = 1000000000, max_challenges_per_day = 1000000000,
+-- (totp.services is a read-only view since issue 10: the superuser writes the private table.)
+UPDATE totp_private.services SET max_challenges_per_hour = 1000000000, max_challenges_per_day = 1000000000,
                          max_factor_attempts = 1000000000;
 
 -- The FLOOR of measurement 2: tables of the same shape as the extension's (same columns,
 -- defaults, CHECK constraints, primary keys and secondary indexes; no foreign keys).
 CREATE TABLE bench.floor_factors (LIKE totp_private.factors INCLUDING ALL);
 CREATE TABLE bench.floor_challenges (LIKE totp_private.challenges INCLUDING ALL);
+-- Section 6 (issue 10): what the event row costs, as one more INSERT into a table of the same
+-- shape as totp_private.events (uuid primary key (identity, id), index on date_created).
+CREATE TABLE bench.floor_events (LIKE totp_private.events INCLUDING ALL);
 
 -- Measurement 4: `calls` create_challenge calls with a wrong code from this one session,
 -- walking the factors n = start_n, start_n+1, ... (wrapping at nfactors), COMMIT every `batch`.

@@ -129,6 +129,11 @@ static EXISTS: Sql = Sql { text: "SELECT 1 FROM totp_private.services WHERE sid 
 
 /// The longest a challenge may live (Twilio's maximum).
 const MAX_CHALLENGE_TTL_MICROS: i128 = 60 * 60 * 1_000_000;
+const DAY_MICROS: i128 = 86_400 * 1_000_000;
+/// An unverified factor lives at most 30 days (Twilio: 24 hours, the default).
+const MAX_UNVERIFIED_FACTOR_TTL_MICROS: i128 = 30 * DAY_MICROS;
+/// Events are kept at most 10 years.
+const MAX_EVENT_RETENTION_MICROS: i128 = 3_660 * DAY_MICROS;
 
 /// A limit: a positive count (Twilio 60200 otherwise).
 fn positive(field: &'static str, value: Option<i32>) -> TotpResult<()> {
@@ -138,16 +143,24 @@ fn positive(field: &'static str, value: Option<i32>) -> TotpResult<()> {
     }
 }
 
-/// A lifetime: positive, and at most `max` microseconds when given.
-fn lifetime(field: &'static str, value: Option<Interval>, max: Option<i128>) -> TotpResult<()> {
-    let Some(micros) = value.map(|v| v.as_micros()) else {
+/// A lifetime: positive and at most `max` microseconds, in days, hours, minutes and seconds only.
+/// Months are refused because their length depends on the date they are added to (a cap checked
+/// with 30-day months would let `1 mon -30 days 1 minute` live a day in December), and so are
+/// negative parts, which would let a mixed value pass the cap the same way.
+fn lifetime(field: &'static str, value: Option<Interval>, max: i128, max_text: &str) -> TotpResult<()> {
+    let Some(value) = value else {
         return Ok(());
     };
-    if micros <= 0 {
-        return Err(TotpError::invalid_service(Invalid::new(field, "must be positive")));
+    let refuse = |rule: String| Err(TotpError::invalid_service(Invalid::new(field, rule)));
+    if value.months() != 0 || value.days() < 0 || value.micros() < 0 {
+        return refuse("must be in days, hours, minutes and seconds, none negative".into());
     }
-    if max.is_some_and(|max| micros > max) {
-        return Err(TotpError::invalid_service(Invalid::new(field, "must be at most 60 minutes")));
+    let micros = value.as_micros();
+    if micros <= 0 {
+        return refuse("must be positive".into());
+    }
+    if micros > max {
+        return refuse(format!("must be at most {max_text}"));
     }
     Ok(())
 }
@@ -193,10 +206,10 @@ fn update_service(
     ] {
         positive(field, value)?;
     }
-    lifetime("challenge_ttl", challenge_ttl, Some(MAX_CHALLENGE_TTL_MICROS))?;
-    lifetime("max_challenge_ttl", max_challenge_ttl, Some(MAX_CHALLENGE_TTL_MICROS))?;
-    lifetime("unverified_factor_ttl", unverified_factor_ttl, None)?;
-    lifetime("event_retention", event_retention, None)?;
+    lifetime("challenge_ttl", challenge_ttl, MAX_CHALLENGE_TTL_MICROS, "60 minutes")?;
+    lifetime("max_challenge_ttl", max_challenge_ttl, MAX_CHALLENGE_TTL_MICROS, "60 minutes")?;
+    lifetime("unverified_factor_ttl", unverified_factor_ttl, MAX_UNVERIFIED_FACTOR_TTL_MICROS, "30 days")?;
+    lifetime("event_retention", event_retention, MAX_EVENT_RETENTION_MICROS, "3660 days")?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<ServiceRow> {
         let table = db::exec(
