@@ -120,8 +120,8 @@ def wait_until_waiting_on_lock(admin, pid, timeout=60):
 class Background:
     """Runs `sql` on its own connection in a thread; .pid is known before it starts."""
 
-    def __init__(self, db, statement, params=()):
-        self.conn = connect(db)
+    def __init__(self, db, statement, params=(), conn=None):
+        self.conn = conn or connect(db)
         self.pid = pid_of(self.conn)
         self.result = self.error = None
         self.thread = threading.Thread(target=self._run, args=(statement, params), daemon=True)
@@ -784,13 +784,12 @@ def as_postgres(*cmd):
     subprocess.run(prefix + list(cmd), check=True, capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def unpreloaded():
-    """A throwaway cluster started without shared_preload_libraries: (host, port)."""
+def throwaway_cluster(name, options):
+    """A cluster of this test's own (as the postgres OS user): yields (socket dir, port)."""
     import os
     import socket
     import subprocess
-    base = f"/var/tmp/totp_verify-nopreload-{SUFFIX}"
+    base = f"/var/tmp/totp_verify-{name}-{SUFFIX}"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -799,7 +798,7 @@ def unpreloaded():
     subprocess.run(prefix + ["chown", "postgres:postgres", base], check=True)
     as_postgres(f"{PG_BIN}/initdb", "-D", f"{base}/data", "-U", "postgres", "--auth=trust")
     as_postgres(f"{PG_BIN}/pg_ctl", "-D", f"{base}/data", "-l", f"{base}/server.log", "-w", "-o",
-                f"-p {port} -k {base} -c listen_addresses='' -c fsync=off", "start")
+                f"-p {port} -k {base} -c listen_addresses='' -c fsync=off {options}", "start")
     try:
         yield base, port
     finally:
@@ -807,10 +806,67 @@ def unpreloaded():
         subprocess.run(prefix + ["rm", "-rf", base], check=True)
 
 
+@pytest.fixture(scope="module")
+def unpreloaded():
+    """A cluster started without shared_preload_libraries."""
+    yield from throwaway_cluster("nopreload", "")
+
+
+@pytest.fixture
+def crashable():
+    """A cluster whose backends the test may kill -9 (the whole cluster restarts then)."""
+    yield from throwaway_cluster("crash", "-c shared_preload_libraries=totp_verify")
+
+
+def connect_to(host, port, autocommit=True):
+    return psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=autocommit,
+                           row_factory=psycopg.rows.dict_row)
+
+
+def test_a_rotation_killed_mid_way_leaves_every_secret_readable(crashable):
+    """A crash in the middle of a rotation (its backend killed with SIGKILL after re-sealing
+    everything, while it waits for an enrolment): the server recovers, the key file is as before
+    and every factor verifies."""
+    import os
+    import signal
+    import subprocess
+    host, port = crashable
+    with connect_to(host, port) as c:
+        c.execute("CREATE EXTENSION totp_verify")
+        svc = service(c)
+        factors = [new_factor(c, svc, f"crash-{i}") for i in range(20)]
+        before = key_file_state(c)
+    enrolling = connect_to(host, port, autocommit=False)
+    new_factor(enrolling, svc, "crash-open")
+    rotation = Background(None, "SELECT * FROM totp.rotate_key()", conn=connect_to(host, port))
+    with connect_to(host, port) as watcher:
+        wait_until_waiting_on_lock(watcher, rotation.pid)
+        prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
+        subprocess.run(prefix + ["kill", "-9", str(rotation.pid)], check=True)
+    rotation.thread.join(60)
+    assert rotation.error is not None
+    enrolling.close()
+    deadline = time.monotonic() + 60
+    while True:  # crash recovery: wait until the server accepts connections again
+        try:
+            with connect_to(host, port) as c:
+                c.execute("SELECT 1")
+            break
+        except psycopg.OperationalError:
+            assert time.monotonic() < deadline, "the server did not recover"
+            time.sleep(0.1)
+    with connect_to(host, port) as c:
+        assert key_file_state(c) == before, "the killed rotation changed the key file"
+        assert c.execute("SELECT count(*) AS n FROM totp.factors WHERE identity = 'crash-open'").fetchone()["n"] == 0
+        for i, f in enumerate(factors[:5]):
+            assert verify_now(c, svc, f"crash-{i}", f)["status"] == "verified"
+        row = c.execute("SELECT * FROM totp.rotate_key()").fetchone()
+        assert (row["resealed"], row["unreadable"]) == (20, 0)
+
+
 def test_without_preload_code_checks_are_refused_unless_allowed(unpreloaded):
     host, port = unpreloaded
-    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True,
-                         row_factory=psycopg.rows.dict_row) as c:
+    with connect_to(host, port) as c:
         c.execute("CREATE EXTENSION totp_verify")
         svc = service(c)
         f = new_factor(c, svc, "nopre-1")
