@@ -187,8 +187,8 @@ CREATE TABLE totp_private.keys (
 );
 
 -- The webhook events of SPEC §7, written in the transaction that made the change and pruned by
--- run_maintenance after the service's event_retention. Keyed by identity like every per-user
--- table; no foreign keys, so the events of a deleted entity or service stay deliverable.
+-- run_maintenance after the service's event_retention. It carries identity, the distribution key, like
+-- every per-user table; no foreign keys, so the events of a deleted entity or service stay deliverable.
 CREATE TABLE totp_private.events (
     identity                     text        NOT NULL,
     id                           uuid        NOT NULL,
@@ -197,9 +197,11 @@ CREATE TABLE totp_private.events (
     service_sid                  text        NOT NULL,
     factor_sid                   text        NOT NULL,
     challenge_sid                text,
-    date_created                 timestamptz NOT NULL,
-    PRIMARY KEY (identity, id)
+    date_created                 timestamptz NOT NULL
 );
+-- No primary key: id is a random UUID (unique by construction), and a key on (identity, id)
+-- would cost every approval a random B-tree insertion. Deliverers and run_maintenance read by
+-- date, whose index grows at its right edge; per-identity reads use it with the identity filter.
 CREATE INDEX events_date_created ON totp_private.events (date_created);
 
 CREATE VIEW totp.services WITH (security_barrier) AS

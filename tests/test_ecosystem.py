@@ -92,8 +92,11 @@ def listener(db):
 
 @pytest.fixture
 def actor(db):
-    """A client that runs its calls in explicit transactions (commit or rollback)."""
+    """A client that runs its calls in explicit transactions (commit or rollback), with the
+    payload-free wake-up turned on (totp_verify.notify, superuser, off by default)."""
     with connect(db, autocommit=False) as c:
+        c.execute("SET totp_verify.notify = on")
+        c.commit()
         yield c
 
 

@@ -708,11 +708,13 @@ def test_events_need_a_grant_and_notify_carries_no_data(db, admin, roles, app):
     nosy = roles("nosy")
     admin.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(db), sql.Identifier(nosy)))
     svc = service(admin)
+    # The wake-up is off by default (totp_verify.notify); a superuser turns it on for the app.
+    admin.execute(sql.SQL("ALTER ROLE {} SET totp_verify.notify = on").format(sql.Identifier(app)))
     with connect(db, user=nosy) as listener:
         listener.execute("LISTEN totp_events")
         with connect(db, user=app) as c:
             f = verified_factor(c, svc, "listened-1")
-        notes = list(listener.notifies(timeout=2.0, stop_after=1))
+        notes = list(listener.notifies(timeout=10.0, stop_after=1))
         assert notes, "no wake-up was sent"
         assert all(n.payload == "" for n in notes), [n.payload for n in notes]
         with refused("42501"):

@@ -41,9 +41,11 @@ CREATE TABLE totp_private.events (
     service_sid                  text        NOT NULL,
     factor_sid                   text        NOT NULL,
     challenge_sid                text,
-    date_created                 timestamptz NOT NULL,
-    PRIMARY KEY (identity, id)
+    date_created                 timestamptz NOT NULL
 );
+-- No primary key: id is a random UUID (unique by construction), and a key on (identity, id)
+-- would cost every approval a random B-tree insertion. Deliverers and run_maintenance read by
+-- date, whose index grows at its right edge; per-identity reads use it with the identity filter.
 CREATE INDEX events_date_created ON totp_private.events (date_created);
 SELECT pg_catalog.pg_extension_config_dump('totp_private.events', '');
 
