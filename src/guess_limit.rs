@@ -22,9 +22,11 @@
 //! them afresh, while the committed counters persist.
 //!
 //! Layout: `totp_verify.guess_slots` slots in `STRIPES` stripes, each behind its own LWLock; a
-//! factor's slot is found by open addressing within its stripe. A slot is reused only once every
-//! window it counts has ended, so nothing is forgotten early; when a stripe is full of live slots
-//! a new factor's code check is refused (53400) rather than left uncounted.
+//! factor's slot is found by open addressing within its stripe. Only factors with wrong codes in
+//! an open window hold a slot (a right code gives its reservation back, and a slot left counting
+//! nothing is freed). A slot is reused only once every window it counts has ended, so nothing is
+//! forgotten early; when the slots near a factor's home are all live, its code check is refused
+//! (53400) rather than left uncounted.
 
 use std::ffi::CStr;
 use std::ptr;
@@ -295,6 +297,11 @@ impl Reservation {
                     slot.hour = slot.hour.saturating_sub(1);
                     slot.day = slot.day.saturating_sub(1);
                 }
+            }
+            // A slot that counts nothing remembers nothing: free it, so that only factors with
+            // wrong codes in an open window hold slots (a new window opens at the next guess).
+            if slot.hour == 0 && slot.day == 0 && slot.unverified == 0 {
+                slot.in_use = 0;
             }
         });
     }
