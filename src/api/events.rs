@@ -62,7 +62,8 @@ static RECORD_SERVICE_DELETION: Sql = Sql {
 
 static WAKE: Sql = Sql { text: "SELECT pg_catalog.pg_notify('totp_events', '')", params: &[] };
 
-fn wake(client: &mut SpiClient<'_>) -> TotpResult<()> {
+/// Sends the payload-free wake-up if `totp_verify.notify` is on.
+pub fn wake(client: &mut SpiClient<'_>) -> TotpResult<()> {
     if guc::notify() {
         db::exec(client, &WAKE, &[])?;
     }
