@@ -22,9 +22,12 @@ as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# Run as the postgres OS user.
+# Run as the postgres OS user, from / (postgres may not enter the caller's directory: a
+# mode-700 home). Arguments must be absolute paths.
 as_postgres() {
-    if [ "$(id -un)" = postgres ]; then "$@"; else as_root runuser -u postgres -- "$@" 2>/dev/null || as_root sudo -u postgres "$@"; fi
+    if [ "$(id -un)" = postgres ]; then "$@"; else
+        ( cd / && { as_root runuser -u postgres -- "$@" 2>/dev/null || as_root sudo -u postgres "$@"; } )
+    fi
 }
 
 # port_of OFFSET: a cluster's port, TOTP_VERIFY_PORT_BASE + OFFSET.
