@@ -14,6 +14,7 @@ import struct
 import subprocess
 import time
 import uuid
+import warnings
 
 import psycopg
 import pytest
@@ -120,7 +121,7 @@ def pytest_pyfunc_call(pyfuncitem):
         if _step_indices(time.time()) == before:
             raise
     delay = quiet_moment() - time.time()
-    print(f"\n{pyfuncitem.nodeid}: a step boundary passed during a failing run; rerunning in {delay:.1f} s")
+    warnings.warn(f"{pyfuncitem.nodeid}: a step boundary passed during a failing run; reran it {delay:.1f} s later")
     time.sleep(max(0.0, delay))
     pyfuncitem.obj(**args)
     return True
