@@ -20,10 +20,11 @@ SELECT sid, status, alg, code_length, time_step, skew, binding_secret, binding_u
 --    The QR code is a standalone SVG; a real scanner (zbarimg) reads it back.
 \pset format unaligned
 \pset tuples_only on
-SELECT totp.qr_svg(:'factor_binding_uri') \g /tmp/totp_walkthrough_qr.svg
+--    (Files go to $TOTP_WALKTHROUGH_DIR, a private directory scripts/demo makes; else to .)
+SELECT totp.qr_svg(:'factor_binding_uri') \g |cat > "${TOTP_WALKTHROUGH_DIR:-.}/totp_walkthrough_qr.svg"
 \pset format aligned
 \pset tuples_only off
-\! rsvg-convert /tmp/totp_walkthrough_qr.svg -o /tmp/totp_walkthrough_qr.png 2>/dev/null && zbarimg -q --raw /tmp/totp_walkthrough_qr.png 2>/dev/null
+\! cd "${TOTP_WALKTHROUGH_DIR:-.}" && rsvg-convert totp_walkthrough_qr.svg -o totp_walkthrough_qr.png 2>/dev/null && zbarimg -q --raw totp_walkthrough_qr.png 2>/dev/null
 
 -- 3. The user types the code from the app: the factor becomes verified.
 \set code `oathtool --totp -b :'factor_binding_secret'`

@@ -21,6 +21,9 @@ from psycopg.types.json import Jsonb
 from calls import answer, call, challenge, factor, ident, service, verify
 from conftest import oathtool, rfc4226, wait_inside_step
 
+# Codes are judged against the server's current step: see conftest.pytest_pyfunc_call.
+pytestmark = pytest.mark.step_bounded
+
 SID_RE = re.compile(r"(VA|YE|YF|YC)[0-9a-fA-F]{32}")
 
 

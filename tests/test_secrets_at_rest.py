@@ -2,6 +2,7 @@
 
 import base64
 import pathlib
+import shutil
 import tempfile
 import threading
 import time
@@ -79,8 +80,15 @@ def test_ciphertext_moved_to_another_factor_is_an_error_not_a_verification(conn,
 
 def test_missing_or_replaced_key_file_is_a_clear_error(db, service):
     # The server runs as `postgres`: the replacement file must be readable by it.
-    tmp_path = pathlib.Path(tempfile.mkdtemp(dir="/var/tmp"))
+    tmp_path = pathlib.Path(tempfile.mkdtemp(dir="/var/tmp", prefix="totp_verify-keyfile-"))
     tmp_path.chmod(0o755)
+    try:
+        _missing_or_replaced_key_file(db, service, tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _missing_or_replaced_key_file(db, service, tmp_path):
     with connect(db) as c:
         f = c.execute("SELECT * FROM totp.create_factor(%s, 'keyfile-1', 'k', secret => %s)",
                       (service, SECRET)).fetchone()
@@ -131,67 +139,122 @@ def test_only_superuser_may_point_the_key_file_elsewhere(db):
             c.execute("SELECT totp.generate_secret()")  # loads the library in this session
             with refused("42501"):
                 c.execute("SET totp_verify.key_file = '/tmp/x'")
-        # The library is preloaded (shared_preload_libraries), so a new session knows the setting
-        # from its start and refuses it at once.
+        with connect(db) as c:
+            preloaded = "totp_verify" in c.execute("SHOW shared_preload_libraries").fetchone()[
+                "shared_preload_libraries"]
         with connect(db, user="keyless") as c:
-            with refused("42501"):
+            if preloaded:  # scripts/lib.sh clusters: the parameter exists from the start
+                with refused("42501"):
+                    c.execute("SET totp_verify.key_file = '/tmp/x'")
+            else:  # set before the library is loaded, the placeholder is dropped when it loads
                 c.execute("SET totp_verify.key_file = '/tmp/x'")
+                c.execute("SELECT totp.generate_secret()")
+                assert c.execute("SHOW totp_verify.key_file").fetchone()["totp_verify.key_file"] == ""
     finally:
         with connect(db) as c:
             c.execute("DROP OWNED BY keyless")
             c.execute("DROP ROLE keyless")
 
 
+def wait_for_lock_wait(conn, pid, what, event=None, timeout=60):
+    """Waits until backend `pid` is blocked on a heavyweight lock (an observed state, not a
+    sleep); fails loudly after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = conn.execute("SELECT wait_event_type, wait_event, state FROM pg_stat_activity WHERE pid = %s",
+                           (pid,)).fetchone()
+        if row and row["wait_event_type"] == "Lock" and event in (None, row["wait_event"]):
+            return row
+        time.sleep(0.01)
+    raise AssertionError(f"{what}: backend {pid} never waited on a lock within {timeout} s: {row}")
+
+
+GATE_LOCK = 1_180_011  # an advisory lock key only this test uses
+
+
 def test_rotation_while_four_sessions_verify(db, service):
     """4 sessions keep verifying codes while rotate_key re-seals every secret: every
     verification that should approve does, none waits on the rotation, and afterwards every
-    secret is under the new key; the old key then leaves the file."""
-    sessions, per_session, bulk = 4, 40, 3000
+    secret is under the new key; the old key then leaves the file.
+
+    The overlap is arranged, not hoped for: a trigger (test-only) on totp_private.factor_secrets
+    makes the rotation stop, mid-way through re-sealing, on an advisory lock this test holds.
+    With the rotation parked there (some secrets re-sealed but uncommitted, a batch row-locked),
+    all verifications run, with a statement_timeout so one that waited on the rotation fails
+    instead of hanging; only then is the rotation released."""
+    sessions, per_session, bulk = 4, 40, 200
     with connect(db) as c:
         old_keys = {r["key_id"] for r in c.execute("SELECT DISTINCT key_id FROM totp_private.factor_secrets")}
         factors = [[verified_factor(c, service, f"rot-{s}-{i}", secret=SECRET) for i in range(per_session)]
                    for s in range(sessions)]
-        # Make the rotation long enough to overlap the verifications.
+        # More than one batch of 50 before the gate ('bulk-' sorts before 'rot-').
         c.execute("SELECT count(*) FROM generate_series(1, %s) g, LATERAL totp.create_factor(%s, 'bulk-' || g, 'x')",
                   (bulk, service))
-    results, latencies, errors = [], [], []
+    gate_sid = factors[2][0]["sid"]  # keyset order: bulk-*, rot-0-*, rot-1-* are re-sealed before it
+    results, errors = [], []
     rotation = {}
-    start = threading.Barrier(sessions + 1)
 
-    def verifier(s):
-        with connect(db) as c:
-            start.wait()
-            for i, f in enumerate(factors[s]):
-                code = rfc4226(SECRET_BYTES, int(time.time()) // 30, 6)
-                t0 = time.monotonic()
-                try:
-                    row = c.execute("SELECT status FROM totp.create_challenge(%s, %s, %s, %s)",
-                                    (service, f"rot-{s}-{i}", f["sid"], code)).fetchone()
-                    results.append((t0, row["status"]))
-                except psycopg.Error as e:  # pragma: no cover - reported below
-                    errors.append(str(e))
-                latencies.append(time.monotonic() - t0)
+    def verifier(s, start):
+        try:
+            with connect(db) as c:
+                c.execute("SET statement_timeout = '20s'")
+                start.wait(timeout=60)
+                for i, f in enumerate(factors[s]):
+                    code = rfc4226(SECRET_BYTES, int(time.time()) // 30, 6)
+                    try:
+                        row = c.execute("SELECT status FROM totp.create_challenge(%s, %s, %s, %s)",
+                                        (service, f"rot-{s}-{i}", f["sid"], code)).fetchone()
+                        results.append(row["status"])
+                    except psycopg.Error as e:  # a statement_timeout here means it waited on the rotation
+                        errors.append(str(e))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(repr(e))
 
     def rotator():
-        with connect(db) as c:
-            start.wait()
-            time.sleep(0.05)
-            rotation["start"] = time.monotonic()
-            rotation["row"] = c.execute("SELECT * FROM totp.rotate_key(50)").fetchone()
-            rotation["end"] = time.monotonic()
+        try:
+            with connect(db) as c:
+                rotation["pid"] = c.execute("SELECT pg_backend_pid() AS p").fetchone()["p"]
+                rotation["row"] = c.execute("SELECT * FROM totp.rotate_key(50)").fetchone()
+        except Exception as e:  # pragma: no cover - reported below
+            rotation["error"] = repr(e)
 
-    threads = [threading.Thread(target=verifier, args=(s,)) for s in range(sessions)]
-    threads.append(threading.Thread(target=rotator))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with connect(db) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", (GATE_LOCK,))
+        gate.execute(f"""CREATE FUNCTION public.rotation_gate() RETURNS trigger LANGUAGE plpgsql AS
+                         $$BEGIN PERFORM pg_catalog.pg_advisory_xact_lock({GATE_LOCK}); RETURN NEW; END$$""")
+        gate.execute(f"""CREATE TRIGGER rotation_gate BEFORE UPDATE ON totp_private.factor_secrets FOR EACH ROW
+                         WHEN (OLD.factor_sid = '{gate_sid}') EXECUTE FUNCTION public.rotation_gate()""")
+        try:
+            rot = threading.Thread(target=rotator)
+            rot.start()
+            deadline = time.monotonic() + 30
+            while "pid" not in rotation and "error" not in rotation and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert "pid" in rotation, rotation
+            wait_for_lock_wait(gate, rotation["pid"], "rotate_key at the gate", event="advisory")
+            # The rotation is parked mid-way: run every verification now.
+            start = threading.Barrier(sessions)
+            threads = [threading.Thread(target=verifier, args=(s, start)) for s in range(sessions)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+                assert not t.is_alive(), "a verifier hung"
+            # Still parked: every verification above overlapped the rotation.
+            row = gate.execute("SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s",
+                               (rotation["pid"],)).fetchone()
+            assert (row["wait_event_type"], row["wait_event"]) == ("Lock", "advisory"), \
+                f"the rotation left the gate early: {row}"
+        finally:
+            gate.execute("SELECT pg_advisory_unlock(%s)", (GATE_LOCK,))
+            rot.join(timeout=120)
+            gate.execute("DROP TRIGGER rotation_gate ON totp_private.factor_secrets")
+            gate.execute("DROP FUNCTION public.rotation_gate()")
+    assert not rot.is_alive(), "rotate_key did not finish once released"
+    assert "error" not in rotation, rotation["error"]
 
-    assert not errors, errors[:3]
-    assert [s for _, s in results] == ["approved"] * (sessions * per_session)
-    during = [t for t, _ in results if rotation["start"] <= t <= rotation["end"]]
-    assert during, "no verification overlapped the rotation; make it longer"
-    assert max(latencies) < (rotation["end"] - rotation["start"]), "a verification waited for the rotation"
+    assert not errors, f"a verification failed or waited for the rotation: {errors[:3]}"
+    assert results == ["approved"] * (sessions * per_session)
     row = rotation["row"]
     assert row["resealed"] >= bulk + sessions * per_session
     with connect(db) as c:
