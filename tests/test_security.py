@@ -332,12 +332,16 @@ def test_concurrent_key_changes_serialize_and_lose_nothing(keydb):
     with connect(keydb) as admin:
         svc = service(admin)
         admin.execute("""SELECT totp.create_factor(%s, 'bulk-' || i, 'phone') FROM generate_series(1, 200) i""", (svc,))
+        before = key_file_state(admin)
         first = connect(keydb, autocommit=False)
         first.execute("SELECT * FROM totp.rotate_key(batch_size => 50)")
         second = Background(keydb, "SELECT * FROM totp.rotate_key(batch_size => 50)")
         wait_until_waiting_on_lock(admin, second.pid)
         retire = Background(keydb, "SELECT totp.retire_keys() AS r")
         wait_until_waiting_on_lock(admin, retire.pid)
+        # Both wait before touching the file, and the first writes it only when it commits: the
+        # file on disk is still the one every committed secret was sealed against.
+        assert key_file_state(admin) == before, "a key change wrote the key file before it committed"
         first.commit()
         first.close()
         second.join()
