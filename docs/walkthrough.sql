@@ -47,3 +47,7 @@ SELECT * FROM totp.create_challenge(:'service_sid', 'nobody', :'factor_sid');
 
 -- 6. Everything is plain SQL to read; the secret is in no relation an application can read.
 SELECT identity, status, count(*) FROM totp.challenges GROUP BY 1, 2 ORDER BY 1, 2;
+
+-- 7. Each change Twilio would send a webhook for is a row of totp.events, written in the same
+-- transaction (readable only with a grant; no secret or code in it).
+SELECT type, entity_identity, challenge_sid IS NOT NULL AS has_challenge FROM totp.events ORDER BY date_created;
