@@ -21,7 +21,8 @@ pub static ALLOW_UNBOUNDED_ROLLBACKS: GucSetting<bool> = GucSetting::<bool>::new
 /// `totp_verify.notify`: whether a change that records events also sends a payload-free
 /// `NOTIFY totp_events` to wake listeners. Off by default: every committing NOTIFY takes the
 /// server-wide notification queue lock (one run of bench/run section 6 measured 22 % of
-/// create_challenge's throughput, a later one noise), and under Citus NOTIFY breaks two-phase commit. Deliverers can poll totp.events.
+/// create_challenge's throughput, a later one noise), and under Citus NOTIFY breaks two-phase
+/// commit. Deliverers can poll totp.events.
 pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 pub fn init() {
