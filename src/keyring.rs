@@ -267,7 +267,7 @@ pub fn init() {
 
 /// The keys of the file at `path`: as staged by this transaction, else from the backend's cache
 /// unless the file changed, else read afresh.
-fn keys_in(path: &Path) -> TotpResult<Vec<(i64, Key)>> {
+pub fn keys_in(path: &Path) -> TotpResult<Vec<(i64, Key)>> {
     if let Some(keys) = staged(path) {
         return Ok(keys);
     }
@@ -283,7 +283,7 @@ fn keys_in(path: &Path) -> TotpResult<Vec<(i64, Key)>> {
 }
 
 /// All keys of this database's key file, oldest first.
-pub fn all(client: &mut SpiClient<'_>) -> TotpResult<Vec<(i64, Key)>> {
+fn all(client: &mut SpiClient<'_>) -> TotpResult<Vec<(i64, Key)>> {
     keys_in(&key_file_path(client)?)
 }
 
@@ -324,11 +324,7 @@ fn first_key(client: &mut SpiClient<'_>) -> TotpResult<()> {
     if current_id(client)?.is_some() {
         return Ok(()); // another backend made it while this one waited for the lock
     }
-    let existing = match staged(&path) {
-        Some(keys) => Some(keys),
-        None if path.exists() => Some(read(&path)?.keys),
-        None => None,
-    };
+    let existing = if staged(&path).is_some() || path.exists() { Some(keys_in(&path)?) } else { None };
     let id = match existing.as_deref().and_then(<[_]>::last) {
         Some((id, _)) => *id,
         None => {

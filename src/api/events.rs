@@ -97,18 +97,21 @@ pub fn send(
 
 /// Records a `factor.deleted` for every factor of the entity, before it is deleted.
 pub fn entity_deleted(client: &mut SpiClient<'_>, service_sid: &str, identity: &str, now: Now) -> TotpResult<()> {
-    let recorded =
-        db::exec(client, &RECORD_ENTITY_DELETION, &[arg(identity), arg(service_sid), arg(now.timestamptz())])?;
-    if !recorded.is_empty() {
-        wake(client)?;
-    }
-    Ok(())
+    record_deletions(client, &RECORD_ENTITY_DELETION, &[arg(identity), arg(service_sid), arg(now.timestamptz())])
 }
 
 /// Records a `factor.deleted` for every factor of the service, before it is deleted.
 pub fn service_deleted(client: &mut SpiClient<'_>, service_sid: &str, now: Now) -> TotpResult<()> {
-    let recorded = db::exec(client, &RECORD_SERVICE_DELETION, &[arg(service_sid), arg(now.timestamptz())])?;
-    if !recorded.is_empty() {
+    record_deletions(client, &RECORD_SERVICE_DELETION, &[arg(service_sid), arg(now.timestamptz())])
+}
+
+/// Runs one of the deletion statements above; wakes listeners if it recorded anything.
+fn record_deletions(
+    client: &mut SpiClient<'_>,
+    sql: &'static Sql,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> TotpResult<()> {
+    if !db::exec(client, sql, args)?.is_empty() {
         wake(client)?;
     }
     Ok(())

@@ -79,7 +79,7 @@ fn require_key_manager(what: &'static str) -> TotpResult<()> {
 /// Removes from the key file (at commit) every key but the current one that no secret uses,
 /// after waiting for the enrolments that hold it.
 fn retire_unused(client: &mut SpiClient<'_>, path: &Path) -> TotpResult<Vec<i64>> {
-    let keys = keyring::all(client)?;
+    let keys = keyring::keys_in(path)?;
     // Before any secret is sealed there is no current row; the file's last key is kept then.
     let current = keyring::current_id(client)?.or_else(|| keys.last().map(|(id, _)| *id));
     let mut kept = Vec::new();
@@ -184,7 +184,7 @@ fn rotate_key(
         let path = keyring::lock_for_change(client)?;
         keyring::current_for_sealing(client)?; // makes the first key if this database has none yet
         let retired = retire_unused(client, &path)?;
-        let mut keys = keyring::all(client)?;
+        let mut keys = keyring::keys_in(&path)?;
         let (new_id, new_key) = keyfile::generate();
         keys.push((new_id, new_key.clone()));
         keyring::stage(&path, keys);
