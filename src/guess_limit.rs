@@ -79,6 +79,7 @@ struct Shared {
 }
 
 static mut SHARED: Option<Shared> = None;
+#[cfg(not(feature = "pg14"))]
 static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
 
@@ -99,8 +100,14 @@ pub fn init() {
     warn_if_parameters_are_logged();
     // SAFETY: hook chaining during _PG_init in the postmaster, before any backend exists.
     unsafe {
-        PREV_REQUEST = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(request);
+        #[cfg(not(feature = "pg14"))]
+        {
+            PREV_REQUEST = pg_sys::shmem_request_hook;
+            pg_sys::shmem_request_hook = Some(request);
+        }
+        // PostgreSQL 14 has no shmem_request_hook: there the requests are made from _PG_init.
+        #[cfg(feature = "pg14")]
+        request_shared_memory();
         PREV_STARTUP = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(startup);
     }
@@ -124,6 +131,7 @@ fn warn_if_parameters_are_logged() {
     }
 }
 
+#[cfg(not(feature = "pg14"))]
 #[pg_guard]
 unsafe extern "C-unwind" fn request() {
     // SAFETY: called by the postmaster in shmem_request_hook, the only time these may be called.
@@ -131,6 +139,14 @@ unsafe extern "C-unwind" fn request() {
         if let Some(previous) = PREV_REQUEST {
             previous();
         }
+        request_shared_memory();
+    }
+}
+
+/// The segment and the stripe locks; only while shared_preload_libraries is being processed.
+unsafe fn request_shared_memory() {
+    // SAFETY: the caller runs in the postmaster while preload libraries are processed.
+    unsafe {
         pg_sys::RequestAddinShmemSpace(segment_bytes());
         pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), STRIPES as i32);
     }

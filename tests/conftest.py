@@ -1,7 +1,8 @@
 """Shared fixtures for the client tests: a fresh database per test module with the extension
 created, connections as real clients (psycopg), and a real authenticator (oathtool).
 
-The cluster comes from scripts/test (PGHOST/PGPORT/PGUSER); the server runs as `postgres`.
+The cluster comes from scripts/test (PGHOST/PGPORT/PGUSER, and TOTP_VERIFY_PG_BIN for the
+server's own programs); the server runs as `postgres`.
 """
 
 import contextlib
@@ -19,6 +20,9 @@ import warnings
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+
+# The server's own client programs (pg_dump, initdb, ...): scripts/test sets this per major.
+PG_BIN = os.environ.get("TOTP_VERIFY_PG_BIN", "/usr/lib/postgresql/15/bin")
 
 
 def connect(dbname, **kwargs):
