@@ -67,18 +67,31 @@ cluster_dir() { echo "$RUN_DIR/totp_verify-pg$PG_MAJOR-$1"; }
 
 # cluster_start NAME PORT: initdb + start a cluster of the current major in $(cluster_dir NAME)
 # (socket there too). Sets PGHOST, PGPORT, PGUSER for the caller's clients.
-cluster_start() {
-    local name=$1 port=$2
+cluster_start() { cluster_init "$1"; cluster_run "$1" "$2"; }
+
+# cluster_init NAME: a new, stopped cluster (an existing one of that name is stopped and removed).
+cluster_init() {
+    local name=$1
     CLUSTER_DIR=$(cluster_dir "$name")
     as_root mkdir -p "$RUN_DIR"
     cluster_stop "$name" 2>/dev/null || true
     as_root rm -rf "$CLUSTER_DIR"
     as_root mkdir -p "$CLUSTER_DIR"
     as_root chown postgres:postgres "$CLUSTER_DIR"
-    as_postgres "$PG_BIN/initdb" -D "$CLUSTER_DIR/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    # PostgreSQL 18's initdb turns data checksums on by default; every major gets the same
+    # cluster (pg_upgrade needs old and new to match).
+    local checksums=()
+    [ "$PG_MAJOR" -lt 18 ] || checksums=(--no-data-checksums)
+    as_postgres "$PG_BIN/initdb" -D "$CLUSTER_DIR/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 "${checksums[@]}" >/dev/null
     # Readable by the caller (tests/test_hostile_input.py scans it for leaked secrets); pg_ctl
     # appends to an existing file and keeps its mode.
     as_postgres install -m 644 /dev/null "$CLUSTER_DIR/server.log"
+}
+
+# cluster_run NAME PORT: starts the current major's cluster NAME with the extension preloaded.
+cluster_run() {
+    local name=$1 port=$2
+    CLUSTER_DIR=$(cluster_dir "$name")
     as_postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" -w \
         -o "-p $port -k $CLUSTER_DIR -c listen_addresses='' -c fsync=off -c max_connections=100 -c shared_preload_libraries=totp_verify ${CLUSTER_OPTS:-}" \
         start >/dev/null

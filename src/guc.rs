@@ -57,8 +57,17 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    // Typos such as totp_verify.keyfile become errors instead of silently ignored settings.
-    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"totp_verify".as_ptr()) };
+    // Typos such as totp_verify.keyfile become errors instead of silently ignored settings
+    // (PostgreSQL 14 can only warn about them).
+    // SAFETY: called once from _PG_init, after this prefix's settings are defined.
+    #[cfg(not(feature = "pg14"))]
+    unsafe {
+        pgrx::pg_sys::MarkGUCPrefixReserved(c"totp_verify".as_ptr())
+    };
+    #[cfg(feature = "pg14")]
+    unsafe {
+        pgrx::pg_sys::EmitWarningsOnPlaceholders(c"totp_verify".as_ptr())
+    };
 }
 
 fn define_guess_slots() {
