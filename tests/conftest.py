@@ -21,6 +21,14 @@ import pytest
 from psycopg.rows import dict_row
 
 
+# The PostgreSQL the extension was installed into (scripts/lib.sh's TOTP_VERIFY_PG_CONFIG), for
+# the tests that run its programs or start clusters of their own.
+PG_BIN = subprocess.run(
+    [os.environ.get("TOTP_VERIFY_PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config"), "--bindir"],
+    check=True, capture_output=True, text=True,
+).stdout.strip()
+
+
 def connect(dbname, **kwargs):
     kwargs.setdefault("autocommit", True)
     kwargs.setdefault("row_factory", dict_row)

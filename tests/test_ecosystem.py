@@ -13,12 +13,11 @@ import uuid
 import pytest
 from psycopg import sql
 
-from conftest import EventReader, connect, oathtool, refused, new_service, new_factor, wait_inside_step, wrong_code
+from conftest import PG_BIN, EventReader, connect, oathtool, refused, new_service, new_factor, wait_inside_step, wrong_code
 
 # Codes are judged against the server's current step: see conftest.pytest_pyfunc_call.
 pytestmark = pytest.mark.step_bounded
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
 CHANNEL = "totp_events"
 EVENT_KEYS = {"id", "type", "service_sid", "entity_identity", "factor_sid", "challenge_sid", "date_created"}
 

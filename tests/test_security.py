@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from conftest import connect, oathtool, refused, verified_factor, new_factor, wait_inside_step, EventReader
+from conftest import PG_BIN, connect, oathtool, refused, verified_factor, new_factor, wait_inside_step, EventReader
 
 SUFFIX = uuid.uuid4().hex[:8]
 
@@ -779,7 +779,6 @@ def test_friendly_names_refuse_format_characters_and_blanks(admin, name):
 # 5, without shared_preload_libraries: code checks are refused rather than left unbounded
 # ---------------------------------------------------------------------------------------------
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
 def as_postgres(*cmd):
