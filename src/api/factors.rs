@@ -238,6 +238,7 @@ fn create_factor(
 /// A factor row locked `FOR UPDATE` for one verification: the lock serializes every code
 /// check, counter and replay-guard update on this factor (SPEC §3 "Concurrency").
 pub struct LockedFactor {
+    pub identity: String,
     pub sid: String,
     pub entity_sid: String,
     pub verified: bool,
@@ -291,6 +292,7 @@ pub fn lock(
     let time_step: i32 = db::req(&row, 5)?;
     let skew: i32 = db::req(&row, 6)?;
     Ok(LockedFactor {
+        identity: identity.to_string(),
         sid: factor_sid.to_string(),
         entity_sid: db::req(&row, 1)?,
         verified: status == "verified",
@@ -345,8 +347,8 @@ impl LockedFactor {
     ) -> TotpResult<Option<i64>> {
         let secret = keyring::open(client, &self.sid, self.key_id, &self.sealed)?;
         let budget = self.guess_budget(service);
-        let reservation =
-            guess_limit::reserve(&self.sid, budget, now.unix_seconds()).map_err(|refusal| match refusal {
+        let reservation = guess_limit::reserve(&self.identity, &self.sid, budget, now.unix_seconds()).map_err(
+            |refusal| match refusal {
                 Refusal::Exhausted { limit, window } => TotpError::GuessesExhausted {
                     twilio: if matches!(budget, Budget::Unverified { .. }) { 60310 } else { 60308 },
                     limit,
@@ -354,7 +356,8 @@ impl LockedFactor {
                 },
                 Refusal::Full => TotpError::GuessSlotsFull,
                 Refusal::NotLoaded => TotpError::GuessLimitsNotLoaded,
-            })?;
+            },
+        )?;
         let accepted = if payload.len() == self.code_length as usize {
             otp::time_step(now.unix_seconds(), self.params.step_seconds).and_then(|now_step| {
                 let last = self.last_step.map(|s| s.max(0) as u64);
