@@ -253,6 +253,26 @@ def test_duplicate_factor_sid_is_60317_and_changes_nothing(conn, events):
     assert g["sid"] == sid and g["identity"] != f["identity"]
 
 
+@pytest.mark.step_bounded
+def test_one_sid_in_two_identities_does_not_share_a_guessing_budget(conn):
+    """The shared-memory guess counts are per (identity, SID): wrong codes spent on one identity's
+    factor leave the other identity's factor with the same SID its own budget."""
+    svc = call(conn, "create_service", "Acme")
+    sid, secret = factor_sid(), pyotp.random_base32(32)
+    spent, fresh = ident(), ident()
+    for identity in (spent, fresh):
+        call(conn, "create_factor", svc["sid"], identity, "phone", secret=secret, sid=sid)
+    wait_inside_step(30, margin=2)
+    right = pyotp.TOTP(secret).now()
+    wrong = str((int(right) + 500000) % 1000000).zfill(6)
+    for _ in range(5):
+        assert call(conn, "verify_factor", svc["sid"], spent, sid, wrong)["status"] == "unverified"
+    with refused("54000", 60310):
+        call(conn, "verify_factor", svc["sid"], spent, sid, wrong)
+    assert call(conn, "verify_factor", svc["sid"], fresh, sid, wrong)["status"] == "unverified"
+    assert call(conn, "verify_factor", svc["sid"], fresh, sid, right)["status"] == "verified"
+
+
 def test_sid_of_an_unverified_factor_past_its_lifetime_may_be_given_again(conn):
     svc = call(conn, "create_service", "Acme")
     identity, sid = ident(), factor_sid()
