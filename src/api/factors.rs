@@ -85,8 +85,8 @@ static INSERT_SECRET: Sql = Sql {
 };
 
 /// The columns of a `totp.factors` row, in the view's order, of alias `f`: rows are built from
-/// named columns, never a whole-row reference (`SELECT f`, `f.*`), which Citus cannot cast from a
-/// shard's row type (SPEC §11).
+/// named columns, never a whole-row reference (`SELECT f`), which Citus cannot cast from a shard's
+/// row type (SPEC §11).
 macro_rules! factor_columns {
     () => {
         "f.sid, f.service_sid, f.entity_sid, f.identity, f.friendly_name, f.factor_type, f.status, f.alg, \
