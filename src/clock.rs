@@ -30,6 +30,12 @@ impl Now {
         TimestampWithTimeZone::try_from(self.micros).expect("the clock is a finite timestamp")
     }
 
+    /// The moment `micros` microseconds before now: a window's cutoff, passed as a parameter
+    /// because timestamptz arithmetic in SQL is STABLE (see the module comment).
+    pub fn ago(self, micros: i64) -> TimestampWithTimeZone {
+        TimestampWithTimeZone::try_from(self.micros - micros).expect("the clock is far from the timestamp limits")
+    }
+
     pub fn unix_seconds(self) -> i64 {
         unix_seconds(self.micros)
     }

@@ -28,12 +28,26 @@ pub const BYTEA: PgOid = PgOid::BuiltIn(PgBuiltInOids::BYTEAOID);
 pub const JSONB: PgOid = PgOid::BuiltIn(PgBuiltInOids::JSONBOID);
 pub const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
 pub const INTERVAL: PgOid = PgOid::BuiltIn(PgBuiltInOids::INTERVALOID);
+pub const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
 
 thread_local! {
     static PLANS: RefCell<HashMap<usize, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
 }
 
+// Every statement this backend has run, for the #[pg_test] that checks their shapes.
+#[cfg(any(test, feature = "pg_test"))]
+thread_local! {
+    pub static EXECUTED: RefCell<Vec<&'static Sql>> = const { RefCell::new(Vec::new()) };
+}
+
 fn plan(client: &SpiClient<'_>, sql: &'static Sql) -> TotpResult<Rc<OwnedPreparedStatement>> {
+    #[cfg(any(test, feature = "pg_test"))]
+    EXECUTED.with(|done| {
+        let mut done = done.borrow_mut();
+        if !done.iter().any(|seen| std::ptr::eq(*seen, sql)) {
+            done.push(sql);
+        }
+    });
     // Keyed by the address of the static text: each statement is one `static`.
     let key = sql.text.as_ptr() as usize;
     if let Some(plan) = PLANS.with(|plans| plans.borrow().get(&key).cloned()) {

@@ -21,6 +21,10 @@ pub enum TotpError {
     Invalid { twilio: u32, invalid: Invalid },
     /// 60301: `create_entity` for an identity the service already has.
     EntityExists { identity: String },
+    /// `create_service` with a caller's SID that names a service with other settings.
+    ServiceExists { sid: String, differs: Vec<&'static str> },
+    /// 60317: `create_factor` with a caller's SID that the identity already has.
+    FactorExists { sid: String, identity: String },
     /// 60315: the entity already has the maximum number of factors.
     TooManyFactors { limit: i32 },
     /// 60326: too many factors created for this entity in 24 hours.
@@ -86,6 +90,7 @@ impl TotpError {
             TotpError::NotFound { kind: SidKind::Service, .. } => 20404,
             TotpError::Invalid { twilio, .. } => *twilio,
             TotpError::EntityExists { .. } => 60301,
+            TotpError::FactorExists { .. } => 60317,
             TotpError::TooManyFactors { .. } => 60315,
             TotpError::FactorCreationRateLimited { .. } => 60326,
             TotpError::FactorAttemptsExhausted { .. } => 60310,
@@ -95,7 +100,9 @@ impl TotpError {
             TotpError::ChallengeResponded { .. } => 60322,
             TotpError::ChallengeExpired => 60323,
             TotpError::GuessesExhausted { twilio, .. } => *twilio,
-            TotpError::KeyFileUnavailable { .. }
+            // Twilio makes every service SID itself, so it has no number for this conflict.
+            TotpError::ServiceExists { .. }
+            | TotpError::KeyFileUnavailable { .. }
             | TotpError::SecretUndecryptable { .. }
             | TotpError::SuperuserRequired { .. }
             | TotpError::KeyChangeIsolation { .. }
@@ -112,7 +119,9 @@ impl TotpError {
         match self {
             TotpError::ServiceNotFound { .. } | TotpError::NotFound { .. } => ERRCODE_NO_DATA_FOUND,
             TotpError::Invalid { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
-            TotpError::EntityExists { .. } => ERRCODE_UNIQUE_VIOLATION,
+            TotpError::EntityExists { .. } | TotpError::ServiceExists { .. } | TotpError::FactorExists { .. } => {
+                ERRCODE_UNIQUE_VIOLATION
+            }
             TotpError::TooManyFactors { .. }
             | TotpError::FactorCreationRateLimited { .. }
             | TotpError::FactorAttemptsExhausted { .. }
@@ -138,6 +147,8 @@ impl TotpError {
             TotpError::NotFound { kind, .. } => format!("{} not found", kind.noun()),
             TotpError::Invalid { invalid, .. } => format!("invalid {}", invalid.field),
             TotpError::EntityExists { .. } => "entity already exists".into(),
+            TotpError::ServiceExists { .. } => "service already exists with other settings".into(),
+            TotpError::FactorExists { .. } => "factor already exists".into(),
             TotpError::TooManyFactors { .. } => "entity has the maximum number of factors".into(),
             TotpError::FactorCreationRateLimited { .. } => "too many factors created for this entity".into(),
             TotpError::FactorAttemptsExhausted { .. } => "factor verification attempts limit reached".into(),
@@ -168,6 +179,12 @@ impl TotpError {
             TotpError::Invalid { invalid, .. } => Some(format!("{} {}.", invalid.field, invalid.rule)),
             TotpError::EntityExists { identity } => {
                 Some(format!("The service already has an entity with identity \"{identity}\"."))
+            }
+            TotpError::ServiceExists { sid, differs } => {
+                Some(format!("Service {sid} exists with a different {}.", differs.join(", ")))
+            }
+            TotpError::FactorExists { sid, identity } => {
+                Some(format!("Factor {sid} already exists for identity \"{identity}\"."))
             }
             TotpError::TooManyFactors { limit } => Some(format!("The limit is {limit} factors per entity.")),
             TotpError::FactorCreationRateLimited { limit } => {
@@ -211,6 +228,12 @@ impl TotpError {
     fn hint(&self) -> Option<&'static str> {
         match self {
             TotpError::FactorAttemptsExhausted { .. } => Some("Create a new factor."),
+            TotpError::ServiceExists { .. } => Some(
+                "The same sid with the same settings returns the service; change settings with totp.update_service.",
+            ),
+            TotpError::FactorExists { .. } => {
+                Some("A factor's secret is returned only when it is created; delete the factor to enrol it again.")
+            }
             TotpError::ChallengeAttemptsExhausted { .. } | TotpError::ChallengeExpired => {
                 Some("Create a new challenge.")
             }

@@ -22,7 +22,10 @@
 //! them afresh, while the committed counters persist.
 //!
 //! Layout: `totp_verify.guess_slots` slots in `STRIPES` stripes, each behind its own LWLock; a
-//! factor's slot is found by open addressing within its stripe. Only factors with wrong codes in
+//! factor's slot is found by open addressing within its stripe. A factor is known by a keyed hash
+//! of its identity and SID (HMAC-SHA-256 under a random key made at server start): callers may
+//! choose factor SIDs (`create_factor(…, sid =>)`), so the SID's own bytes would let them pile
+//! factors into one stripe and crowd others out (53400), and two identities may hold one SID. Only factors with wrong codes in
 //! an open window hold a slot (a right code gives its reservation back, and a slot left counting
 //! nothing is freed). A slot is reused only once every window it counts has ended, so nothing is
 //! forgotten early; when the slots near a factor's home are all live, its code check is refused
@@ -41,6 +44,9 @@ const STRIPES: usize = 64;
 const PROBES: usize = 64;
 const TRANCHE: &CStr = c"totp_verify guess limits";
 const SEGMENT: &CStr = c"totp_verify guess limits";
+const KEY_SEGMENT: &CStr = c"totp_verify guess limits key";
+/// Room for the key's segment, alignment included.
+const KEY_SEGMENT_BYTES: usize = 256;
 const HOUR: i64 = 3_600;
 const DAY: i64 = 86_400;
 
@@ -76,6 +82,8 @@ struct Shared {
     slots: *mut Slot,
     per_stripe: usize,
     locks: *mut pg_sys::LWLockPadded,
+    /// The key of the factor keys (`factor_key`), random, made when the segment is.
+    key: *const [u8; 32],
 }
 
 static mut SHARED: Option<Shared> = None;
@@ -147,7 +155,7 @@ unsafe extern "C-unwind" fn request() {
 unsafe fn request_shared_memory() {
     // SAFETY: the caller runs in the postmaster while preload libraries are processed.
     unsafe {
-        pg_sys::RequestAddinShmemSpace(segment_bytes());
+        pg_sys::RequestAddinShmemSpace(segment_bytes() + KEY_SEGMENT_BYTES);
         pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), STRIPES as i32);
     }
 }
@@ -167,8 +175,13 @@ unsafe extern "C-unwind" fn startup() {
         if !found {
             ptr::write_bytes(slots.cast::<u8>(), 0, bytes);
         }
+        let mut key_found = false;
+        let key = pg_sys::ShmemInitStruct(KEY_SEGMENT.as_ptr(), 32, &mut key_found).cast::<[u8; 32]>();
+        if !key_found {
+            totp_core::random::fill(&mut *key);
+        }
         let locks = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
-        SHARED = Some(Shared { slots, per_stripe: per_stripe(), locks });
+        SHARED = Some(Shared { slots, per_stripe: per_stripe(), locks, key });
         pg_sys::LWLockRelease(init_lock);
     }
 }
@@ -207,9 +220,17 @@ pub struct Reservation {
     kind: Budget,
 }
 
-/// The 16 random bytes of a factor SID (`YF` + 32 hex digits, checked by the caller).
-fn factor_key(factor_sid: &str) -> [u8; 16] {
-    factor_sid.get(2..).and_then(|hex| u128::from_str_radix(hex, 16).ok()).unwrap_or_default().to_be_bytes()
+/// A factor's name in the slots: HMAC-SHA-256(key, identity NUL SID), 16 bytes of it. Unpredictable
+/// without the key, so no choice of SIDs steers factors into one stripe; and per identity, like
+/// the factor's primary key.
+fn factor_key(key: &[u8; 32], identity: &str, factor_sid: &str) -> [u8; 16] {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(identity.as_bytes());
+    mac.update(&[0]);
+    mac.update(factor_sid.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    digest[..16].try_into().expect("SHA-256 gives 32 bytes")
 }
 
 fn with_slot<T>(database: u32, factor: &[u8; 16], f: impl FnOnce(&mut [Slot]) -> T) -> T {
@@ -259,14 +280,18 @@ fn find(slots: &mut [Slot], database: u32, factor: &[u8; 16], claim_at: Option<i
     Some(index)
 }
 
-/// Reserves one guess for `factor_sid` at `now` (Unix seconds), or refuses it.
-pub fn reserve(factor_sid: &str, budget: Budget, now: i64) -> Result<Option<Reservation>, Refusal> {
+/// Reserves one guess for the factor `factor_sid` of `identity` at `now` (Unix seconds), or refuses it.
+pub fn reserve(identity: &str, factor_sid: &str, budget: Budget, now: i64) -> Result<Option<Reservation>, Refusal> {
     if !available() {
         return if guc::allow_unbounded_rollbacks() { Ok(None) } else { Err(Refusal::NotLoaded) };
     }
     // SAFETY: MyDatabaseId is set once the backend has connected.
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let factor = factor_key(factor_sid);
+    // SAFETY: SHARED is set (available() above) and its key written before any backend runs.
+    let factor = unsafe {
+        let shared = (*ptr::addr_of!(SHARED)).as_ref().expect("guess limits are available");
+        factor_key(&*shared.key, identity, factor_sid)
+    };
     with_slot(database, &factor, |slots| {
         let index = find(slots, database, &factor, Some(now)).ok_or(Refusal::Full)?;
         let slot = &mut slots[index];
@@ -328,10 +353,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn factor_keys_are_the_sid_bytes() {
-        let key = factor_key("YF00112233445566778899aabbccddeeff");
-        assert_eq!(key[0], 0x00);
-        assert_eq!(key[1], 0x11);
-        assert_eq!(key[15], 0xff);
+    fn factor_keys_depend_on_the_key_the_identity_and_the_sid() {
+        let sid = "YF00112233445566778899aabbccddeeff";
+        let key = factor_key(&[1; 32], "user-1", sid);
+        assert_eq!(key, factor_key(&[1; 32], "user-1", sid));
+        assert_ne!(key, factor_key(&[2; 32], "user-1", sid));
+        assert_ne!(key, factor_key(&[1; 32], "user-2", sid));
+        assert_ne!(key, factor_key(&[1; 32], "user-1", "YF00112233445566778899aabbccddeefe"));
+        // The separator keeps ("a", "bYF…") and ("ab", "YF…") apart.
+        assert_ne!(factor_key(&[1; 32], "a", "bc"), factor_key(&[1; 32], "ab", "c"));
     }
 }

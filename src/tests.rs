@@ -103,4 +103,186 @@ mod tests {
     fn unknown_service_is_20404() {
         Spi::run("SELECT totp.create_factor('VA00000000000000000000000000000000', 'u1', 'phone')").unwrap();
     }
+
+    // ----- Citus shapes (issue 13 items 1 and 2, SPEC §11) -----
+
+    const SERVICE_SID: &str = "VA0123456789abcdef0123456789abcdef";
+    const FACTOR_SID: &str = "YF0123456789abcdef0123456789abcdef";
+    const SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+
+    /// What is wrong with a statement's shape for Citus, if anything: a whole-row reference to a
+    /// relation (Citus cannot cast a shard's row type to the table's), and, when `strict`, any
+    /// non-IMMUTABLE function (Citus refuses them in ON CONFLICT DO UPDATE, in UPDATE SET with
+    /// column references, in CASE/COALESCE and in RETURNING of a distributed modification).
+    fn shape_problems(sql: &crate::db::Sql, strict: bool) -> Vec<String> {
+        let text = std::ffi::CString::new(sql.text).unwrap();
+        let types: Vec<pg_sys::Oid> = sql.params.iter().map(|oid| oid.value()).collect();
+        let mut problems = Vec::new();
+        // SAFETY: parses and analyzes a statement of this extension in the current transaction;
+        // every list and node comes from the parser.
+        unsafe {
+            let raw = pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+            let count = if raw.is_null() { 0 } else { (*raw).length as usize };
+            for i in 0..count {
+                let stmt = (*(*raw).elements.add(i)).ptr_value.cast::<pg_sys::RawStmt>();
+                let query = pg_sys::parse_analyze_fixedparams(
+                    stmt,
+                    text.as_ptr(),
+                    types.as_ptr(),
+                    types.len() as i32,
+                    std::ptr::null_mut(),
+                );
+                forget_excluded(query);
+                let dump = std::ffi::CStr::from_ptr(pg_sys::nodeToString(query.cast())).to_string_lossy().into_owned();
+                if dump.contains(":varattno 0 ") {
+                    problems.push("whole-row reference".to_string());
+                }
+                if strict && pg_sys::contain_mutable_functions(query.cast()) {
+                    problems.push("non-IMMUTABLE function".to_string());
+                }
+            }
+        }
+        problems
+    }
+
+    /// Drops the target list Postgres builds for ON CONFLICT's EXCLUDED pseudo-relation (it always
+    /// holds a whole-row Var, for `EXCLUDED.*`), here and in the statement's CTEs.
+    ///
+    /// # Safety
+    /// `query` must be a Query from parse analysis.
+    unsafe fn forget_excluded(query: *mut pg_sys::Query) {
+        if !(*query).onConflict.is_null() {
+            (*(*query).onConflict).exclRelTlist = std::ptr::null_mut();
+        }
+        let ctes = (*query).cteList;
+        let count = if ctes.is_null() { 0 } else { (*ctes).length as usize };
+        for i in 0..count {
+            let cte = (*(*ctes).elements.add(i)).ptr_value.cast::<pg_sys::CommonTableExpr>();
+            forget_excluded((*cte).ctequery.cast());
+        }
+    }
+
+    /// A statement that writes a per-identity table (the tables Citus distributes by identity).
+    fn writes_per_identity_table(text: &str) -> bool {
+        ["entities", "factors", "factor_secrets", "challenges", "events"].iter().any(|table| {
+            ["INSERT INTO", "UPDATE", "DELETE FROM"]
+                .iter()
+                .any(|verb| text.contains(&format!("{verb} totp_private.{table} ")))
+        })
+    }
+
+    #[pg_test]
+    fn shape_check_catches_what_citus_refuses() {
+        use crate::db::{Sql, INT8, TEXT, TIMESTAMPTZ};
+        static WHOLE_ROW: Sql = Sql { text: "SELECT s FROM totp.services s WHERE s.sid = $1", params: &[TEXT] };
+        static RETURNING_ROW: Sql = Sql {
+            text: "UPDATE totp_private.services AS s SET friendly_name = $2 WHERE s.sid = $1 RETURNING s",
+            params: &[TEXT, TEXT],
+        };
+        // 0.2.0's entity upsert and replay-guard update.
+        static STABLE_CUTOFF: Sql = Sql {
+            text: "INSERT INTO totp_private.entities AS e (identity, service_sid, sid, date_created, date_updated) \
+                   VALUES ($1, $2, $3, $4, $4) ON CONFLICT (identity, service_sid) DO UPDATE SET \
+                   factor_window_start = CASE WHEN e.factor_window_start > $4 - $5 * interval '1 microsecond' \
+                   THEN e.factor_window_start ELSE $4 END",
+            params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ, INT8],
+        };
+        static STABLE_JSON: Sql = Sql {
+            text: "UPDATE totp_private.factors AS f SET replay_guards = \
+                   pg_catalog.jsonb_build_object(f.time_step::text, f.last_step) WHERE f.identity = $1",
+            params: &[TEXT],
+        };
+        static FINE: Sql = Sql {
+            text: "UPDATE totp_private.factors AS f SET replay_guards = \
+                   ('{\"' || f.time_step::text || '\": ' || f.last_step::text || '}')::jsonb \
+                   WHERE f.identity = $1 RETURNING f.sid",
+            params: &[TEXT],
+        };
+        assert_eq!(shape_problems(&WHOLE_ROW, false), ["whole-row reference"]);
+        assert_eq!(shape_problems(&RETURNING_ROW, false), ["whole-row reference"]);
+        assert_eq!(shape_problems(&STABLE_CUTOFF, true), ["non-IMMUTABLE function"]);
+        assert_eq!(shape_problems(&STABLE_JSON, true), ["non-IMMUTABLE function"]);
+        assert!(shape_problems(&FINE, true).is_empty());
+        assert!(writes_per_identity_table(STABLE_CUTOFF.text) && writes_per_identity_table(FINE.text));
+        assert!(!writes_per_identity_table(WHOLE_ROW.text));
+    }
+
+    /// Every statement the state functions ran: no whole-row reference anywhere, and no
+    /// non-IMMUTABLE function in a per-identity write, but for the cross-identity housekeeping and
+    /// the multi-row deletion events (gen_random_uuid() per row) named below.
+    #[pg_test]
+    fn statements_have_shapes_citus_accepts() {
+        let svc = SERVICE_SID;
+        let code = |offset: i64| -> String {
+            one(&format!("SELECT totp.totp_code(totp.base32_decode('{SECRET}'), now() + interval '{offset} seconds')"))
+        };
+        let wrong = |right: &str| if right == "000000" { "111111".to_string() } else { "000000".to_string() };
+        Spi::run(&format!("SELECT totp.create_service('Acme', sid => '{svc}')")).unwrap();
+        Spi::run(&format!("SELECT totp.create_service('Acme', sid => '{svc}')")).unwrap();
+        Spi::run(&format!("SELECT totp.update_service('{svc}', max_factor_attempts => 6)")).unwrap();
+        Spi::run(&format!("SELECT totp.create_entity('{svc}', 'user-2')")).unwrap();
+        Spi::run(&format!(
+            "SELECT totp.create_factor('{svc}', 'user-1', 'a', secret => '{SECRET}', sid => '{FACTOR_SID}')"
+        ))
+        .unwrap();
+        Spi::run(&format!("SELECT totp.create_factor('{svc}', 'user-1', 'b')")).unwrap();
+        let f = FACTOR_SID;
+        let status: String =
+            one(&format!("SELECT status FROM totp.verify_factor('{svc}', 'user-1', '{f}', '{}')", wrong(&code(0))));
+        assert_eq!(status, "unverified");
+        let status: String =
+            one(&format!("SELECT status FROM totp.verify_factor('{svc}', 'user-1', '{f}', '{}')", code(0)));
+        assert_eq!(status, "verified");
+        let challenge: String =
+            one(&format!("SELECT sid FROM totp.create_challenge('{svc}', 'user-1', '{f}', '{}')", wrong(&code(30))));
+        let status: String =
+            one(&format!("SELECT status FROM totp.update_challenge('{svc}', 'user-1', '{challenge}', '{}')", code(30)));
+        assert_eq!(status, "approved");
+        assert!(one::<bool>(&format!("SELECT totp.has_recent_approval('{svc}', 'user-1', '5 minutes')")));
+        Spi::run(&format!("SELECT totp.create_challenge('{svc}', 'user-1', '{f}')")).unwrap();
+        // There and back: parks the replay guard under 30, then takes it up again; expires pending.
+        let last_step: i64 = one(&format!("SELECT last_step FROM totp_private.factors WHERE sid = '{f}'"));
+        Spi::run(&format!("SELECT totp.update_factor('{svc}', 'user-1', '{f}', time_step => 60)")).unwrap();
+        let parked: String = one(&format!("SELECT replay_guards::text FROM totp_private.factors WHERE sid = '{f}'"));
+        assert_eq!(parked, format!("{{\"30\": {last_step}}}"));
+        Spi::run(&format!("SELECT totp.update_factor('{svc}', 'user-1', '{f}', time_step => 30)")).unwrap();
+        let back: i64 = one(&format!("SELECT last_step FROM totp_private.factors WHERE sid = '{f}'"));
+        assert_eq!(back, last_step);
+        Spi::run(&format!("SELECT totp.delete_factor('{svc}', 'user-1', '{f}')")).unwrap();
+        Spi::run(&format!("SELECT totp.delete_entity('{svc}', 'user-1')")).unwrap();
+        Spi::run("SELECT * FROM totp.run_maintenance()").unwrap();
+        Spi::run(&format!("SELECT totp.delete_service('{svc}')")).unwrap();
+
+        let exempt = [
+            &crate::api::events::RECORD_ENTITY_DELETION as *const crate::db::Sql,
+            &crate::api::events::RECORD_SERVICE_DELETION,
+            &crate::api::maintenance::PRUNE_EVENTS,
+        ];
+        let executed = crate::db::EXECUTED.with(|done| done.borrow().clone());
+        let texts: Vec<&str> = executed.iter().map(|sql| sql.text).collect();
+        for needle in [
+            "ON CONFLICT (identity, service_sid) DO UPDATE",
+            "ON CONFLICT (sid) DO NOTHING",
+            "replay_guards = CASE",
+            "WITH c AS (INSERT INTO totp_private.challenges",
+            ")::totp.services",
+            ")::totp.factors",
+            ")::totp.new_factor",
+            ")::totp.challenges",
+            "INSERT INTO totp_private.events",
+        ] {
+            assert!(texts.iter().any(|t| t.contains(needle)), "the run did not execute a statement with {needle:?}");
+        }
+        let mut bad = Vec::new();
+        let mut strict_checked = 0;
+        for sql in &executed {
+            let strict = writes_per_identity_table(sql.text) && !exempt.contains(&(*sql as *const _));
+            strict_checked += usize::from(strict);
+            for problem in shape_problems(sql, strict) {
+                bad.push(format!("{problem}: {}", sql.text));
+            }
+        }
+        assert!(strict_checked >= 12, "only {strict_checked} per-identity writes were checked");
+        assert!(bad.is_empty(), "statements Citus would refuse:\n{}", bad.join("\n"));
+    }
 }

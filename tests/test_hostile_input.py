@@ -57,7 +57,7 @@ ALLOWED = {"22023", "P0002", "23505", "54000", "55000", "42501"}
 TRIGGERS = {"forget_entity", "require_approval"}
 SIGNATURES = {
     "create_service": [("friendly_name", "text"), ("issuer", "text"), ("time_step", "integer"),
-                       ("code_length", "integer"), ("skew", "integer")],
+                       ("code_length", "integer"), ("skew", "integer"), ("sid", "text")],
     "update_service": [("sid", "text"), ("friendly_name", "text"), ("issuer", "text"),
                        ("time_step", "integer"), ("code_length", "integer"), ("skew", "integer"),
                        ("max_factor_attempts", "integer"), ("max_challenge_attempts", "integer"),
@@ -71,7 +71,7 @@ SIGNATURES = {
     "delete_entity": [("service_sid", "text"), ("identity", "text")],
     "create_factor": [("service_sid", "text"), ("identity", "text"), ("friendly_name", "text"),
                       ("secret", "text"), ("alg", "text"), ("code_length", "integer"),
-                      ("time_step", "integer"), ("skew", "integer"), ("metadata", "jsonb")],
+                      ("time_step", "integer"), ("skew", "integer"), ("metadata", "jsonb"), ("sid", "text")],
     "verify_factor": [("service_sid", "text"), ("identity", "text"), ("factor_sid", "text"),
                       ("auth_payload", "text")],
     "update_factor": [("service_sid", "text"), ("identity", "text"), ("factor_sid", "text"),
@@ -103,7 +103,7 @@ SIGNATURES = {
 }
 
 # How many trailing arguments have a DEFAULT (and may be left out of a call).
-DEFAULTS = {"create_service": 4, "update_service": 16, "create_factor": 6, "update_factor": 6,
+DEFAULTS = {"create_service": 5, "update_service": 16, "create_factor": 7, "update_factor": 6,
             "create_challenge": 4, "update_challenge": 1, "hotp_code": 2, "totp_code": 4,
             "generate_secret": 1, "otpauth_uri": 4, "rotate_key": 1}
 
@@ -480,7 +480,7 @@ def baseline(world, fn):
     now = dt.datetime.now(dt.timezone.utc)
     return {
         "create_service": {"friendly_name": "Hostile Co", "issuer": None, "time_step": None,
-                           "code_length": None, "skew": None},
+                           "code_length": None, "skew": None, "sid": None},
         # A service of its own: the limits and lifetimes it is given must not starve the
         # world's service (reset_tuned_service puts them back).
         "update_service": {"sid": w.tuned_service_sid, "friendly_name": None, "issuer": None,
@@ -496,7 +496,7 @@ def baseline(world, fn):
         "delete_entity": {"service_sid": w.service_sid, "identity": w.victim_identity},
         "create_factor": {"service_sid": w.service_sid, "identity": "creator-" + uuid.uuid4().hex[:10],
                           "friendly_name": "phone", "secret": None, "alg": None, "code_length": None,
-                          "time_step": None, "skew": None, "metadata": None},
+                          "time_step": None, "skew": None, "metadata": None, "sid": None},
         "verify_factor": {"service_sid": w.service_sid, "identity": w.identity,
                           "factor_sid": w.factor_sid, "auth_payload": "00000000"},
         "update_factor": {"service_sid": w.service_sid, "identity": w.identity,
@@ -547,7 +547,9 @@ def hostile_values(world, fn, name, typ):
     if typ == "text":
         values = list(TEXT_HOSTILE)
         real = baseline(world, fn).get(name)
-        if name in ("sid", "service_sid"):
+        if fn == "create_factor" and name == "sid":
+            values += malformed_sids(world.factor_sid)
+        elif name in ("sid", "service_sid"):
             values += malformed_sids(world.service_sid)
         elif name == "factor_sid":
             values += malformed_sids(world.factor_sid)
@@ -791,6 +793,8 @@ def test_malformed_sids_are_invalid_argument(world, fn, name):
     real = {"sid": world.service_sid, "service_sid": world.service_sid,
             "factor_sid": world.factor_sid, "challenge_sid": world.challenge_sid}[name]
     twilio = "60200" if name in ("sid", "service_sid") else "60306"
+    if (fn, name) == ("create_factor", "sid"):  # the factor's own SID, supplied by the caller
+        real, twilio = world.factor_sid, "60306"
     failures = []
     for label, bad in malformed_sids(real) + [("empty", ""), ("sql", "'; DROP TABLE totp.services; --")]:
         args = baseline(world, fn)
@@ -1143,7 +1147,7 @@ def test_bad_literal_casts(world, expr, sqlstate):
 @pytest.mark.parametrize("expr", [
     "totp.create_service(1)",
     "totp.create_service()",
-    "totp.create_service('a', 'b', 30, 6, 1, 'extra')",
+    "totp.create_service('a', 'b', 30, 6, 1, NULL, 'extra')",
     "totp.create_service(friendly_name => 'x', bogus => 1)",
     "totp.hotp_code('abc'::text, 1)",
     "totp.hotp_code('\\x00'::bytea, 1.5)",

@@ -12,7 +12,7 @@ use super::factors::{self, LockedFactor};
 use super::services::Service;
 use super::{json_object_arg, required, scope, sid_arg};
 use crate::clock::{Now, MICROS_PER_DAY, MICROS_PER_HOUR};
-use crate::db::{self, arg, Sql, INT4, INT8, JSONB, TEXT, TIMESTAMPTZ};
+use crate::db::{self, arg, Sql, INT4, INT8, JSONB, TEXT, TIMESTAMPTZ, UUID};
 use crate::error::{TotpError, TotpResult};
 use crate::jsonb::Jsonb;
 
@@ -58,26 +58,56 @@ static COUNT_CREATION: Sql = Sql {
     params: &[TEXT, TEXT, TIMESTAMPTZ, INT4, TIMESTAMPTZ, INT4, INT8],
 };
 
+/// The columns of a `totp.challenges` row, in the view's order, as `ROW(...)::totp.challenges`
+/// of alias `c`: rows are built from named columns, never a whole-row reference (`SELECT c`,
+/// `RETURNING c`), which Citus cannot cast from a shard's row type (SPEC §11).
+macro_rules! challenge_row {
+    () => {
+        "ROW(c.sid, c.service_sid, c.entity_sid, c.identity, c.factor_sid, c.factor_type, c.status, \
+           c.responded_reason, c.details, c.hidden_details, c.metadata, c.expiration_date, \
+           c.date_responded, c.date_created, c.date_updated)::totp.challenges"
+    };
+}
+
 // Returns the new row as the view shows it (a new challenge is not yet expired), and records its
-// event ($13: challenge.approved or challenge.denied; NULL for none) in the same statement: one
-// executor start instead of two on the verification path.
+// event ($13: challenge.approved or challenge.denied; NULL for none; $14 its id) in the same
+// statement: one executor start instead of two on the verification path.
 static INSERT: Sql = Sql {
-    text: "WITH c AS (INSERT INTO totp_private.challenges AS c (identity, sid, service_sid, entity_sid, factor_sid, \
-             status, details, hidden_details, expiration_date, date_responded, date_created, \
-             date_updated, failed_attempts) \
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) RETURNING c.*), \
-           e AS (INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, challenge_sid, \
-             date_created) \
-             SELECT c.identity, pg_catalog.gen_random_uuid(), $13, c.service_sid, c.factor_sid, c.sid, $11 \
-               FROM c WHERE $13 IS NOT NULL) \
-           SELECT ROW(c.sid, c.service_sid, c.entity_sid, c.identity, c.factor_sid, c.factor_type, \
-             c.status, c.responded_reason, c.details, c.hidden_details, c.metadata, c.expiration_date, \
-             c.date_responded, c.date_created, c.date_updated)::totp.challenges FROM c",
-    params: &[TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, TIMESTAMPTZ, TIMESTAMPTZ, INT4, TEXT],
+    text: concat!(
+        "WITH c AS (INSERT INTO totp_private.challenges AS c (identity, sid, service_sid, entity_sid, factor_sid, \
+           status, details, hidden_details, expiration_date, date_responded, date_created, \
+           date_updated, failed_attempts) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) RETURNING c.*), \
+         e AS (INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, challenge_sid, \
+           date_created) \
+           SELECT c.identity, $14, $13, c.service_sid, c.factor_sid, c.sid, $11 \
+             FROM c WHERE $13 IS NOT NULL) \
+         SELECT ",
+        challenge_row!(),
+        " FROM c"
+    ),
+    params: &[
+        TEXT,
+        TEXT,
+        TEXT,
+        TEXT,
+        TEXT,
+        TEXT,
+        JSONB,
+        JSONB,
+        TIMESTAMPTZ,
+        TIMESTAMPTZ,
+        TIMESTAMPTZ,
+        INT4,
+        TEXT,
+        UUID,
+    ],
 };
 
-static SELECT_ROW: Sql =
-    Sql { text: "SELECT c FROM totp.challenges c WHERE c.identity = $1 AND c.sid = $2", params: &[TEXT, TEXT] };
+static SELECT_ROW: Sql = Sql {
+    text: concat!("SELECT ", challenge_row!(), " FROM totp.challenges c WHERE c.identity = $1 AND c.sid = $2"),
+    params: &[TEXT, TEXT],
+};
 
 fn row(client: &mut pgrx::spi::SpiClient<'_>, identity: &str, challenge_sid: &str) -> TotpResult<ChallengeRow> {
     let table = db::exec(client, &SELECT_ROW, &[arg(identity), arg(challenge_sid)])?;
@@ -165,6 +195,7 @@ fn create_challenge(
                 arg(now.timestamptz()),
                 arg(failed_attempts),
                 arg(event_of(status).map(Event::name)),
+                arg(event_of(status).map(|_| events::new_id())),
             ],
         )?;
         let row: ChallengeRow = db::req(&inserted.first(), 1)?;

@@ -9,7 +9,7 @@
 use pgrx::spi::SpiClient;
 
 use crate::clock::Now;
-use crate::db::{self, arg, Sql, TEXT, TIMESTAMPTZ};
+use crate::db::{self, arg, Sql, TEXT, TIMESTAMPTZ, UUID};
 use crate::error::TotpResult;
 use crate::guc;
 
@@ -34,15 +34,23 @@ impl Event {
     }
 }
 
+// The id comes from Rust (`new_id`): no volatile function in a per-identity write (SPEC §11).
 static RECORD: Sql = Sql {
     text: "INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, challenge_sid, \
-             date_created) VALUES ($1, pg_catalog.gen_random_uuid(), $2, $3, $4, $5, $6)",
-    params: &[TEXT, TEXT, TEXT, TEXT, TEXT, TIMESTAMPTZ],
+             date_created) VALUES ($1, $7, $2, $3, $4, $5, $6)",
+    params: &[TEXT, TEXT, TEXT, TEXT, TEXT, TIMESTAMPTZ, UUID],
 };
 
+/// A new event id (the webhook's `uuid`): a random version-4 UUID.
+pub fn new_id() -> pgrx::datum::Uuid {
+    pgrx::datum::Uuid::from_bytes(totp_core::random::uuid_v4())
+}
+
 // The factors a deletion removes, each with its factor.deleted event. Unverified factors past
-// their lifetime are already gone (no event was due for them then, nor now).
-static RECORD_ENTITY_DELETION: Sql = Sql {
+// their lifetime are already gone (no event was due for them then, nor now). These two keep
+// gen_random_uuid(), one per row of an INSERT ... SELECT (how the deletion events distribute is
+// issue 13's events item, not settled here).
+pub(crate) static RECORD_ENTITY_DELETION: Sql = Sql {
     text: "INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, date_created) \
            SELECT f.identity, pg_catalog.gen_random_uuid(), 'factor.deleted', f.service_sid, f.sid, $3 \
              FROM totp_private.factors f \
@@ -52,7 +60,7 @@ static RECORD_ENTITY_DELETION: Sql = Sql {
 };
 
 // Spans identities: deleting a service is administration, not a per-user request (SPEC §9).
-static RECORD_SERVICE_DELETION: Sql = Sql {
+pub(crate) static RECORD_SERVICE_DELETION: Sql = Sql {
     text: "INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, date_created) \
            SELECT f.identity, pg_catalog.gen_random_uuid(), 'factor.deleted', f.service_sid, f.sid, $2 \
              FROM totp_private.factors f \
@@ -90,6 +98,7 @@ pub fn send(
             arg(factor_sid),
             arg(challenge_sid),
             arg(now.timestamptz()),
+            arg(new_id()),
         ],
     )?;
     wake(client)

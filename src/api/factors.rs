@@ -37,18 +37,20 @@ fn parse_alg(alg: Option<&str>) -> TotpResult<Option<Algorithm>> {
 
 // Creates the entity if needed and, either way, locks its row and counts this creation in the
 // entity's 24-hour window: the lock serializes concurrent creations for one entity, so the
-// factor count and the window counter cannot race.
+// factor count and the window counter cannot race. $5 is the window cutoff (now - 24 h),
+// computed in Rust: timestamptz arithmetic is STABLE, and Citus takes only IMMUTABLE functions in
+// ON CONFLICT DO UPDATE (SPEC §11).
 static UPSERT_ENTITY: Sql = Sql {
     text: "INSERT INTO totp_private.entities AS e (identity, service_sid, sid, date_created, date_updated, \
              factor_window_start, factors_created_in_window) \
            VALUES ($1, $2, $3, $4, $4, $4, 1) \
            ON CONFLICT (identity, service_sid) DO UPDATE SET \
-             factor_window_start = CASE WHEN e.factor_window_start > $4 - $5 * interval '1 microsecond' \
+             factor_window_start = CASE WHEN e.factor_window_start > $5 \
                                         THEN e.factor_window_start ELSE $4 END, \
-             factors_created_in_window = CASE WHEN e.factor_window_start > $4 - $5 * interval '1 microsecond' \
+             factors_created_in_window = CASE WHEN e.factor_window_start > $5 \
                                         THEN e.factors_created_in_window + 1 ELSE 1 END \
            RETURNING e.sid, e.factors_created_in_window",
-    params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ, INT8],
+    params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
 };
 
 // Unverified factors past their lifetime do not count: they are gone, whether or not
@@ -59,12 +61,21 @@ static COUNT_FACTORS: Sql = Sql {
     params: &[TEXT, TEXT, TIMESTAMPTZ],
 };
 
+// A caller-supplied SID may already be taken in this identity: nothing is inserted then (60317).
 static INSERT: Sql = Sql {
     text: "INSERT INTO totp_private.factors (identity, sid, service_sid, entity_sid, friendly_name, \
              alg, code_length, time_step, skew, metadata, date_created, date_updated, \
              unverified_until) \
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) \
+           ON CONFLICT (identity, sid) DO NOTHING RETURNING sid",
     params: &[TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, INT4, INT4, INT4, JSONB, TIMESTAMPTZ, TIMESTAMPTZ],
+};
+
+// An unverified factor past its lifetime is gone (SPEC §6) even before run_maintenance deletes
+// it, so its SID may be given again.
+static DELETE_GONE: Sql = Sql {
+    text: "DELETE FROM totp_private.factors WHERE identity = $1 AND sid = $2 AND unverified_until <= $3",
+    params: &[TEXT, TEXT, TIMESTAMPTZ],
 };
 
 static INSERT_SECRET: Sql = Sql {
@@ -73,15 +84,34 @@ static INSERT_SECRET: Sql = Sql {
     params: &[TEXT, TEXT, INT8, BYTEA],
 };
 
+/// The columns of a `totp.factors` row, in the view's order, of alias `f`: rows are built from
+/// named columns, never a whole-row reference (`SELECT f`), which Citus cannot cast from a shard's
+/// row type (SPEC §11).
+macro_rules! factor_columns {
+    () => {
+        "f.sid, f.service_sid, f.entity_sid, f.identity, f.friendly_name, f.factor_type, f.status, f.alg, \
+         f.code_length, f.time_step, f.skew, f.metadata, f.date_created, f.date_updated"
+    };
+}
+
 // The binding travels as parameters, which no log records (unlike statement text).
 static SELECT_NEW: Sql = Sql {
-    text: "SELECT ROW(f.*, $3, $4)::totp.new_factor FROM totp.factors f \
-           WHERE f.identity = $1 AND f.sid = $2",
+    text: concat!(
+        "SELECT ROW(",
+        factor_columns!(),
+        ", $3, $4)::totp.new_factor FROM totp.factors f WHERE f.identity = $1 AND f.sid = $2"
+    ),
     params: &[TEXT, TEXT, TEXT, TEXT],
 };
 
-static SELECT_ROW: Sql =
-    Sql { text: "SELECT f FROM totp.factors f WHERE f.identity = $1 AND f.sid = $2", params: &[TEXT, TEXT] };
+static SELECT_ROW: Sql = Sql {
+    text: concat!(
+        "SELECT ROW(",
+        factor_columns!(),
+        ")::totp.factors FROM totp.factors f WHERE f.identity = $1 AND f.sid = $2"
+    ),
+    params: &[TEXT, TEXT],
+};
 
 /// The factor's public row (the `totp.factors` view).
 pub fn row(client: &mut SpiClient<'_>, identity: &str, factor_sid: &str) -> TotpResult<FactorRow> {
@@ -90,7 +120,9 @@ pub fn row(client: &mut SpiClient<'_>, identity: &str, factor_sid: &str) -> Totp
 }
 
 /// Creates a TOTP factor, and the entity if the identity is new. Returns the factor with
-/// `binding_secret` and `binding_uri`, which nothing returns again.
+/// `binding_secret` and `binding_uri`, which nothing returns again. `secret` (base32) and `sid`
+/// (YF...) let a migration keep what the application stored; a SID the identity already has is
+/// 60317, never the existing factor (its secret is not shown twice).
 #[allow(clippy::too_many_arguments)] // mirrors Twilio's parameters, all optional after the third
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -104,8 +136,10 @@ fn create_factor(
     time_step: default!(Option<i32>, "NULL"),
     skew: default!(Option<i32>, "NULL"),
     metadata: default!(Option<Jsonb>, "NULL"),
+    sid: default!(Option<&str>, "NULL"),
 ) -> Result<pgrx::composite_type!('static, "totp.new_factor"), ErrorReport> {
     let (service_sid, identity) = scope(service_sid, identity)?;
+    let supplied_sid = sid.map(|sid| sid_arg("sid", SidKind::Factor, Some(sid))).transpose()?;
     let friendly_name = required("friendly_name", friendly_name)?;
     validate::friendly_name("friendly_name", friendly_name).map_err(TotpError::from)?;
     let alg = parse_alg(alg)?.unwrap_or(Algorithm::Sha1);
@@ -127,7 +161,7 @@ fn create_factor(
                 arg(service_sid),
                 arg(sid::generate(SidKind::Entity)),
                 arg(now.timestamptz()),
-                arg(MICROS_PER_DAY),
+                arg(now.ago(MICROS_PER_DAY)),
             ],
         )?
         .first();
@@ -149,9 +183,15 @@ fn create_factor(
         let code_length = code_length.or(service.code_length).unwrap_or(DEFAULT_CODE_LENGTH);
         let time_step = time_step.or(service.time_step).unwrap_or(DEFAULT_TIME_STEP);
         let skew = skew.or(service.skew).unwrap_or(DEFAULT_SKEW);
-        let factor_sid = sid::generate(SidKind::Factor);
+        let factor_sid = match supplied_sid {
+            Some(sid) => {
+                db::exec(client, &DELETE_GONE, &[arg(identity), arg(sid), arg(now.timestamptz())])?;
+                sid.to_string()
+            }
+            None => sid::generate(SidKind::Factor),
+        };
         let (key_id, sealed) = keyring::seal(client, &factor_sid, &secret)?;
-        db::exec(
+        let inserted = db::exec(
             client,
             &INSERT,
             &[
@@ -169,6 +209,9 @@ fn create_factor(
                 arg(service.unverified_until),
             ],
         )?;
+        if inserted.is_empty() {
+            return Err(TotpError::FactorExists { sid: factor_sid, identity: identity.to_string() });
+        }
         db::exec(client, &INSERT_SECRET, &[arg(identity), arg(factor_sid.as_str()), arg(key_id), arg(sealed)])?;
         events::send(client, Event::FactorCreated, service_sid, identity, &factor_sid, None, now)?;
 
@@ -195,6 +238,7 @@ fn create_factor(
 /// A factor row locked `FOR UPDATE` for one verification: the lock serializes every code
 /// check, counter and replay-guard update on this factor (SPEC §3 "Concurrency").
 pub struct LockedFactor {
+    pub identity: String,
     pub sid: String,
     pub entity_sid: String,
     pub verified: bool,
@@ -248,6 +292,7 @@ pub fn lock(
     let time_step: i32 = db::req(&row, 5)?;
     let skew: i32 = db::req(&row, 6)?;
     Ok(LockedFactor {
+        identity: identity.to_string(),
         sid: factor_sid.to_string(),
         entity_sid: db::req(&row, 1)?,
         verified: status == "verified",
@@ -302,8 +347,8 @@ impl LockedFactor {
     ) -> TotpResult<Option<i64>> {
         let secret = keyring::open(client, &self.sid, self.key_id, &self.sealed)?;
         let budget = self.guess_budget(service);
-        let reservation =
-            guess_limit::reserve(&self.sid, budget, now.unix_seconds()).map_err(|refusal| match refusal {
+        let reservation = guess_limit::reserve(&self.identity, &self.sid, budget, now.unix_seconds()).map_err(
+            |refusal| match refusal {
                 Refusal::Exhausted { limit, window } => TotpError::GuessesExhausted {
                     twilio: if matches!(budget, Budget::Unverified { .. }) { 60310 } else { 60308 },
                     limit,
@@ -311,7 +356,8 @@ impl LockedFactor {
                 },
                 Refusal::Full => TotpError::GuessSlotsFull,
                 Refusal::NotLoaded => TotpError::GuessLimitsNotLoaded,
-            })?;
+            },
+        )?;
         let accepted = if payload.len() == self.code_length as usize {
             otp::time_step(now.unix_seconds(), self.params.step_seconds).and_then(|now_step| {
                 let last = self.last_step.map(|s| s.max(0) as u64);
@@ -382,7 +428,9 @@ fn verify_factor(
 // guard last parked under the new one (none if the factor never had it). A code is thus never
 // accepted twice for the same (time_step, step), whatever sequence of changes comes between,
 // and the app's current code under a new time_step works at once. An unchanged time_step keeps
-// the guard as it is.
+// the guard as it is. The parked guard {"<time_step>": <last_step>} is built from text with
+// IMMUTABLE functions only (jsonb_build_object is STABLE, which Citus refuses in an UPDATE of a
+// distributed table; both values are integers).
 static UPDATE: Sql = Sql {
     text: "UPDATE totp_private.factors AS f SET \
              friendly_name = COALESCE($4, f.friendly_name), alg = COALESCE($5, f.alg), \
@@ -393,7 +441,7 @@ static UPDATE: Sql = Sql {
              replay_guards = CASE WHEN $7 IS NULL OR $7 = f.time_step OR f.last_step IS NULL \
                                   THEN f.replay_guards \
                                   ELSE COALESCE(f.replay_guards, '{}'::jsonb) \
-                                       || pg_catalog.jsonb_build_object(f.time_step::text, f.last_step) END \
+                                       || ('{\"' || f.time_step::text || '\": ' || f.last_step::text || '}')::jsonb END \
            WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 \
            RETURNING f.sid",
     params: &[TEXT, TEXT, TEXT, TEXT, TEXT, INT4, INT4, INT4, JSONB, TIMESTAMPTZ],

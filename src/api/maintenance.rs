@@ -24,7 +24,7 @@ static DELETE_UNVERIFIED: Sql =
 
 // Events outlive their service's deletion (webhooks must still deliver them); they are then kept
 // for the default retention.
-static PRUNE_EVENTS: Sql = Sql {
+pub(crate) static PRUNE_EVENTS: Sql = Sql {
     text: "DELETE FROM totp_private.events e \
            WHERE e.date_created < $1 - COALESCE((SELECT s.event_retention FROM totp_private.services s \
                                                   WHERE s.sid = e.service_sid), interval '7 days')",

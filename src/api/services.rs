@@ -28,14 +28,34 @@ fn check_settings(
     validate::settings(time_step, code_length, skew).map_err(TotpError::invalid_service)
 }
 
+// A caller-supplied SID may be taken: nothing is inserted then, and create_service compares.
 static INSERT: Sql = Sql {
     text: "INSERT INTO totp_private.services AS s (sid, friendly_name, totp_issuer, totp_time_step, \
              totp_code_length, totp_skew, date_created, date_updated) \
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING s.sid",
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (sid) DO NOTHING RETURNING s.sid",
     params: &[TEXT, TEXT, TEXT, INT4, INT4, INT4, TIMESTAMPTZ],
 };
 
-static SELECT_ROW: Sql = Sql { text: "SELECT s FROM totp.services s WHERE s.sid = $1", params: &[TEXT] };
+// Whether an existing service has the settings create_service was given ($2..$6; NULL for unset).
+static SAME_SETTINGS: Sql = Sql {
+    text: "SELECT s.friendly_name = $2, s.totp_issuer IS NOT DISTINCT FROM $3, \
+             s.totp_time_step IS NOT DISTINCT FROM $4, s.totp_code_length IS NOT DISTINCT FROM $5, \
+             s.totp_skew IS NOT DISTINCT FROM $6 \
+           FROM totp_private.services s WHERE s.sid = $1",
+    params: &[TEXT, TEXT, TEXT, INT4, INT4, INT4],
+};
+
+// Named columns, never a whole-row reference (`SELECT s`), which Citus cannot cast from a
+// shard's row type (SPEC §11).
+static SELECT_ROW: Sql = Sql {
+    text: "SELECT ROW(s.sid, s.friendly_name, s.totp_issuer, s.totp_time_step, s.totp_code_length, s.totp_skew, \
+             s.max_factor_attempts, s.max_challenge_attempts, s.max_challenges_per_hour, \
+             s.max_challenges_per_day, s.max_short_code_challenges_per_day, s.max_factors_per_entity, \
+             s.max_factor_creations_per_day, s.challenge_ttl, s.max_challenge_ttl, \
+             s.unverified_factor_ttl, s.event_retention, s.date_created, s.date_updated)::totp.services \
+           FROM totp.services s WHERE s.sid = $1",
+    params: &[TEXT],
+};
 
 /// The service's public row (the `totp.services` view).
 fn row(client: &mut SpiClient<'_>, sid: &str) -> TotpResult<ServiceRow> {
@@ -46,7 +66,28 @@ fn row(client: &mut SpiClient<'_>, sid: &str) -> TotpResult<ServiceRow> {
     }
 }
 
+/// The settings of `create_service` in which service `sid` differs from `args` (its SAME_SETTINGS
+/// parameters), or `None` when there is no such service.
+fn differing_settings(
+    client: &mut SpiClient<'_>,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> TotpResult<Option<Vec<&'static str>>> {
+    let Some(same) = db::first(db::exec(client, &SAME_SETTINGS, args)?) else {
+        return Ok(None);
+    };
+    let mut differs = Vec::new();
+    for (ordinal, field) in ["friendly_name", "issuer", "time_step", "code_length", "skew"].into_iter().enumerate() {
+        if !db::req::<bool>(&same, ordinal + 1)? {
+            differs.push(field);
+        }
+    }
+    Ok(Some(differs))
+}
+
 /// Creates a service. Unset TOTP settings stay NULL and mean Twilio's defaults (30 s, 6, 1).
+/// With `sid` (VA...), the caller names it, so that nodes can create the same service: a SID
+/// that exists with the same settings returns that service unchanged; with other settings it is
+/// 23505.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn create_service(
@@ -55,27 +96,30 @@ fn create_service(
     time_step: default!(Option<i32>, "NULL"),
     code_length: default!(Option<i32>, "NULL"),
     skew: default!(Option<i32>, "NULL"),
+    sid: default!(Option<&str>, "NULL"),
 ) -> Result<pgrx::composite_type!('static, "totp.services"), ErrorReport> {
     let friendly_name =
         friendly_name.ok_or_else(|| TotpError::invalid_service(Invalid::new("friendly_name", "is required")))?;
     validate::friendly_name("friendly_name", friendly_name).map_err(TotpError::invalid_service)?;
     check_settings(issuer, time_step, code_length, skew)?;
+    let sid = match sid {
+        Some(sid) => sid_arg("sid", SidKind::Service, Some(sid))?.to_string(),
+        None => sid::generate(SidKind::Service),
+    };
     let now = Now::read();
-    let sid = sid::generate(SidKind::Service);
     Ok(Spi::connect_mut(|client| -> TotpResult<ServiceRow> {
-        db::exec(
-            client,
-            &INSERT,
-            &[
-                arg(sid.as_str()),
-                arg(friendly_name),
-                arg(issuer),
-                arg(time_step),
-                arg(code_length),
-                arg(skew),
-                arg(now.timestamptz()),
-            ],
-        )?;
+        let settings =
+            || [arg(sid.as_str()), arg(friendly_name), arg(issuer), arg(time_step), arg(code_length), arg(skew)];
+        let [a1, a2, a3, a4, a5, a6] = settings();
+        if db::exec(client, &INSERT, &[a1, a2, a3, a4, a5, a6, arg(now.timestamptz())])?.is_empty() {
+            // The SID exists (or a concurrent call just committed it): the same call again gets the
+            // same service; anything else is a conflict.
+            match differing_settings(client, &settings())? {
+                Some(differs) if differs.is_empty() => {}
+                Some(differs) => return Err(TotpError::ServiceExists { sid, differs }),
+                None => return Err(TotpError::Internal(format!("service {sid} was deleted concurrently"))),
+            }
+        }
         row(client, &sid)
     })?)
 }
