@@ -110,13 +110,19 @@ mod tests {
     const FACTOR_SID: &str = "YF0123456789abcdef0123456789abcdef";
     const SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
 
+    // PostgreSQL 15 renamed parse_analyze (same arguments).
+    #[cfg(feature = "pg14")]
+    use pg_sys::parse_analyze as parse_analyze_fixedparams;
+    #[cfg(not(feature = "pg14"))]
+    use pg_sys::parse_analyze_fixedparams;
+
     /// What is wrong with a statement's shape for Citus, if anything: a whole-row reference to a
     /// relation (Citus cannot cast a shard's row type to the table's), and, when `strict`, any
     /// non-IMMUTABLE function (Citus refuses them in ON CONFLICT DO UPDATE, in UPDATE SET with
     /// column references, in CASE/COALESCE and in RETURNING of a distributed modification).
     fn shape_problems(sql: &crate::db::Sql, strict: bool) -> Vec<String> {
         let text = std::ffi::CString::new(sql.text).unwrap();
-        let types: Vec<pg_sys::Oid> = sql.params.iter().map(|oid| oid.value()).collect();
+        let mut types: Vec<pg_sys::Oid> = sql.params.iter().map(|oid| oid.value()).collect();
         let mut problems = Vec::new();
         // SAFETY: parses and analyzes a statement of this extension in the current transaction;
         // every list and node comes from the parser.
@@ -125,10 +131,10 @@ mod tests {
             let count = if raw.is_null() { 0 } else { (*raw).length as usize };
             for i in 0..count {
                 let stmt = (*(*raw).elements.add(i)).ptr_value.cast::<pg_sys::RawStmt>();
-                let query = pg_sys::parse_analyze_fixedparams(
+                let query = parse_analyze_fixedparams(
                     stmt,
                     text.as_ptr(),
-                    types.as_ptr(),
+                    types.as_mut_ptr(),
                     types.len() as i32,
                     std::ptr::null_mut(),
                 );
