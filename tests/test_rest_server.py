@@ -1,0 +1,489 @@
+"""totp-verify-server (SPEC §10, issue 14) driven by the official `twilio` Python SDK.
+
+The module starts the server binary itself (built by scripts/test, path in
+TOTP_VERIFY_SERVER_BIN) against this module's database, on a free port, and stops it at the end.
+The SDK is pointed at it the way SPEC §10 says: `client.verify.base_url = "http://HOST:PORT"`
+(twilio 9.13: `Client.verify` is a `twilio.base.domain.Domain` whose `base_url` attribute every
+request URL is built from, `Domain.absolute_url`). Response bodies are also fetched raw and
+validated against the schemas of Twilio's OpenAPI description (reference/twilio_verify_v2.openapi.json).
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import jsonschema
+import pyotp
+import pytest
+import requests
+from twilio.base.exceptions import TwilioRestException
+from twilio.rest import Client
+
+from conftest import connect, refused, wait_inside_step
+
+ROOT = Path(__file__).resolve().parent.parent
+OPENAPI = Path(os.environ.get("TOTP_VERIFY_OPENAPI",
+                              ROOT.parent / "shared" / "reference" / "twilio_verify_v2.openapi.json"))
+SERVER_BIN = os.environ.get("TOTP_VERIFY_SERVER_BIN") or str(
+    Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "totp-verify-server")
+
+ACCOUNT_A = "AC" + "a1" * 16
+TOKEN_A = "token-of-a"
+ACCOUNT_B = "AC" + "b2" * 16
+TOKEN_B = "token-of-b"
+DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def database_url(db):
+    # A libpq URI; the socket directory goes in the host parameter.
+    return (f"postgresql://{os.environ.get('PGUSER', 'postgres')}@/{db}"
+            f"?host={os.environ['PGHOST']}&port={os.environ.get('PGPORT', '5432')}")
+
+
+class Server:
+    def __init__(self, db, tmp_path):
+        assert os.access(SERVER_BIN, os.X_OK), f"{SERVER_BIN} is not built (scripts/test builds it)"
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / "server.log"
+        self.log = open(self.log_path, "wb")
+        env = dict(os.environ, DATABASE_URL=database_url(db), TOTP_VERIFY_LISTEN=f"127.0.0.1:{self.port}",
+                   TOTP_VERIFY_ACCOUNTS=f"{ACCOUNT_A}:{TOKEN_A},{ACCOUNT_B}:{TOKEN_B}")
+        self.proc = subprocess.Popen([SERVER_BIN], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc.poll() is None, f"server exited: {self.log_path.read_text()}"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not listen within 30 s"
+                time.sleep(0.05)
+
+    def stop(self):
+        self.proc.terminate()
+        assert self.proc.wait(timeout=10) == 0, "server did not exit cleanly on SIGTERM"
+        self.log.close()
+
+    def client(self, account=ACCOUNT_A, token=TOKEN_A):
+        client = Client(account, token)
+        client.verify.base_url = self.base
+        return client
+
+    def raw(self, method, path, data=None, auth=(ACCOUNT_A, TOKEN_A), params=None):
+        url = path if path.startswith("http") else self.base + path
+        r = requests.request(method, url, data=data, auth=auth, params=params, timeout=30)
+        return r.status_code, (r.json() if r.content else None)
+
+
+@pytest.fixture(scope="module")
+def server(db, tmp_path_factory):
+    s = Server(db, tmp_path_factory.mktemp("rest"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def schemas():
+    spec = json.loads(OPENAPI.read_text())
+    components = spec["components"]["schemas"]
+
+    def convert(node):
+        """OpenAPI 3.0 `nullable` and `$ref` into plain JSON Schema."""
+        if isinstance(node, list):
+            return [convert(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            out = convert(components[node["$ref"].rsplit("/", 1)[1]])
+        else:
+            out = {k: convert(v) for k, v in node.items() if k not in ("nullable", "x-twilio", "example")}
+        if node.get("nullable"):
+            out = {"anyOf": [out, {"type": "null"}]}
+        return out
+
+    return {name: convert(s) for name, s in components.items() if name.startswith("verify.v2.service")}
+
+
+def check_shape(schemas, name, body):
+    """Valid against Twilio's schema, with every property of it present and nothing else."""
+    schema = schemas[name]
+    jsonschema.validate(body, schema)
+    assert set(body) == set(schema["properties"]), (name, set(body) ^ set(schema["properties"]))
+    for key in ("date_created", "date_updated", "date_responded", "expiration_date"):
+        if body.get(key) is not None:
+            assert DATE.match(body[key]), (key, body[key])
+
+
+def check_error(status, body, http, code):
+    assert status == http, (status, body)
+    assert body == {"code": code, "message": body["message"], "status": http,
+                    "more_info": f"https://www.twilio.com/docs/errors/{code}"}, body
+    assert isinstance(body["message"], str) and body["message"]
+
+
+class sdk_refused:
+    """Asserts the block raises the SDK's TwilioRestException with this HTTP status and code."""
+
+    def __init__(self, http, code):
+        self.http, self.code = http, code
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        assert kind is TwilioRestException, f"expected HTTP {self.http} / {self.code}, got {kind}: {err}"
+        assert (err.status, err.code) == (self.http, self.code), (err.status, err.code, err.msg)
+        return True
+
+
+def code_at(secret, step_offset=0, **kwargs):
+    totp = pyotp.TOTP(secret, **kwargs)
+    return totp.at(time.time() + step_offset * totp.interval)
+
+
+# --- the quickstart -----------------------------------------------------------------------
+
+@pytest.mark.step_bounded
+def test_twilio_quickstart_enrols_and_verifies_with_the_sdk(server, schemas, db):
+    client = server.client()
+    service = client.verify.v2.services.create(friendly_name="Acme Bank", totp_issuer="Acme")
+    assert service.sid.startswith("VA") and service.account_sid == ACCOUNT_A
+    assert service.totp == {"issuer": "Acme", "time_step": None, "code_length": None, "skew": None}
+    entity = client.verify.v2.services(service.sid).entities.create(identity="user-42")
+    assert entity.identity == "user-42" and entity.sid.startswith("YE")
+    factor = client.verify.v2.services(service.sid).entities("user-42").new_factors.create(
+        friendly_name="alice@example.com", factor_type="totp")
+    assert factor.status == "unverified" and factor.factor_type == "totp"
+    assert factor.config == {"alg": "sha1", "skew": 1, "code_length": 6, "time_step": 30}
+    secret = factor.binding["secret"]
+    uri = pyotp.parse_uri(factor.binding["uri"])
+    assert uri.secret == secret and uri.issuer == "Acme" and uri.name == "alice@example.com"
+
+    # A wrong code is a result, not an error (Twilio since 2021-10-27).
+    wrong = "000000" if code_at(secret) != "000000" else "111111"
+    f = client.verify.v2.services(service.sid).entities("user-42").factors(factor.sid).update(auth_payload=wrong)
+    assert f.status == "unverified"
+    code = code_at(secret)
+    f = client.verify.v2.services(service.sid).entities("user-42").factors(factor.sid).update(auth_payload=code)
+    assert f.status == "verified"
+
+    # The code verification used is spent; the app's next code approves.
+    c = client.verify.v2.services(service.sid).entities("user-42").challenges.create(
+        factor_sid=factor.sid, auth_payload=code)
+    assert c.status == "pending" and c.date_responded is None
+    c = client.verify.v2.services(service.sid).entities("user-42").challenges.create(
+        factor_sid=factor.sid, auth_payload=code_at(secret, 1))
+    assert c.status == "approved" and c.date_responded is not None and c.factor_type == "totp"
+
+    # The same rows as SQL sees them: the account is stored on the service.
+    with connect(db) as conn:
+        row = conn.execute("SELECT account_sid FROM totp.services WHERE sid = %s", (service.sid,)).fetchone()
+        assert row["account_sid"] == ACCOUNT_A
+        assert conn.execute("SELECT status FROM totp.challenges WHERE sid = %s", (c.sid,)).fetchone()["status"] == "approved"
+
+    # Every body has Twilio's shape.
+    base = f"/v2/Services/{service.sid}"
+    for path, name in [(base, "verify.v2.service"),
+                       (f"{base}/Entities/user-42", "verify.v2.service.entity"),
+                       (f"{base}/Entities/user-42/Factors/{factor.sid}", "verify.v2.service.entity.factor"),
+                       (f"{base}/Entities/user-42/Challenges/{c.sid}", "verify.v2.service.entity.challenge")]:
+        status, body = server.raw("GET", path)
+        assert status == 200, body
+        check_shape(schemas, name, body)
+        assert body["url"] == server.base + path
+        assert "binding" not in body and secret not in json.dumps(body)
+
+
+@pytest.mark.step_bounded
+def test_create_bodies_have_twilio_shapes_and_statuses(server, schemas):
+    status, svc = server.raw("POST", "/v2/Services", {"FriendlyName": "Shapes", "Totp.TimeStep": "60",
+                                                       "Totp.CodeLength": "8", "Totp.Skew": "2"})
+    assert status == 201
+    check_shape(schemas, "verify.v2.service", svc)
+    assert svc["totp"] == {"issuer": None, "time_step": 60, "code_length": 8, "skew": 2}
+    base = f"/v2/Services/{svc['sid']}"
+    status, entity = server.raw("POST", f"{base}/Entities", {"Identity": "shape-1"})
+    assert status == 201
+    check_shape(schemas, "verify.v2.service.entity", entity)
+    secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+    status, factor = server.raw("POST", f"{base}/Entities/shape-1/Factors", {
+        "FactorType": "totp", "FriendlyName": "phone", "Binding.Secret": secret, "Config.Alg": "sha256",
+        "Config.CodeLength": "7", "Config.TimeStep": "45", "Config.Skew": "0", "Metadata": '{"os": "android"}'})
+    assert status == 201, factor
+    check_shape(schemas, "verify.v2.service.entity.new_factor", factor)
+    assert factor["binding"]["secret"] == secret and factor["options"] is None
+    assert factor["config"] == {"alg": "sha256", "skew": 0, "code_length": 7, "time_step": 45}
+    assert factor["metadata"] == {"os": "android"}
+    totp = dict(digits=7, interval=45, digest="sha256")
+    wait_inside_step(45, margin=5)  # skew 0: the code must still be current when checked
+    status, verified = server.raw("POST", f"{base}/Entities/shape-1/Factors/{factor['sid']}",
+                                  {"AuthPayload": code_at(secret, **totp)})
+    assert (status, verified["status"]) == (200, "verified")
+    check_shape(schemas, "verify.v2.service.entity.factor", verified)
+    status, challenge = server.raw("POST", f"{base}/Entities/shape-1/Challenges", {
+        "FactorSid": factor["sid"], "ExpirationDate": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 600)),
+        "Details.Message": "Log in?", "Details.Fields": ['{"label": "IP", "value": "10.0.0.1"}'],
+        "HiddenDetails": '{"ip": "10.0.0.1"}'})
+    assert status == 201, challenge
+    check_shape(schemas, "verify.v2.service.entity.challenge", challenge)
+    assert challenge["status"] == "pending" and challenge["responded_reason"] == "none"
+    assert challenge["details"] == {"message": "Log in?", "fields": [{"label": "IP", "value": "10.0.0.1"}]}
+    assert challenge["hidden_details"] == {"ip": "10.0.0.1"}
+    status, answered = server.raw("POST", f"{base}/Entities/shape-1/Challenges/{challenge['sid']}",
+                                  {"AuthPayload": code_at(secret, **totp),
+                                   "Metadata": '{"via": "rest"}'})
+    # The verification's code is spent (no replay), so the same step's code leaves it pending.
+    assert (status, answered["status"]) == (200, "pending")
+    check_shape(schemas, "verify.v2.service.entity.challenge", answered)
+    # Delete answers 204 with no body, and the factor is gone.
+    status, body = server.raw("DELETE", f"{base}/Entities/shape-1/Factors/{factor['sid']}")
+    assert (status, body) == (204, None)
+    status, body = server.raw("GET", f"{base}/Entities/shape-1/Factors/{factor['sid']}")
+    check_error(status, body, 404, 20404)
+
+
+def test_service_update_fetch_and_delete_through_the_sdk(server):
+    client = server.client()
+    svc = client.verify.v2.services.create(friendly_name="Before")
+    updated = client.verify.v2.services(svc.sid).update(friendly_name="After", totp_time_step=45, totp_skew=0)
+    assert updated.friendly_name == "After" and updated.totp["time_step"] == 45 and updated.totp["skew"] == 0
+    assert client.verify.v2.services(svc.sid).fetch().friendly_name == "After"
+    client.verify.v2.services(svc.sid).entities.create(identity="gone-1")
+    assert client.verify.v2.services(svc.sid).entities("gone-1").delete() is True
+    with sdk_refused(404, 20404):
+        client.verify.v2.services(svc.sid).entities("gone-1").fetch()
+    assert client.verify.v2.services(svc.sid).delete() is True
+    with sdk_refused(404, 20404):
+        client.verify.v2.services(svc.sid).fetch()
+
+
+# --- paging -------------------------------------------------------------------------------
+
+def test_lists_page_as_twilio_does_and_the_sdk_walks_every_page(server):
+    client = server.client()
+    svc = client.verify.v2.services.create(friendly_name="Paging")
+    identities = [f"page-{i:02d}" for i in range(7)]
+    for identity in identities:
+        client.verify.v2.services(svc.sid).entities.create(identity=identity)
+    listed = client.verify.v2.services(svc.sid).entities.list(page_size=3)
+    assert [e.identity for e in listed] == identities
+    assert [e.identity for e in client.verify.v2.services(svc.sid).entities.list(limit=4, page_size=3)] == identities[:4]
+
+    path = f"/v2/Services/{svc.sid}/Entities"
+    status, page = server.raw("GET", path, params={"PageSize": 3})
+    assert status == 200 and len(page["entities"]) == 3
+    meta = page["meta"]
+    assert meta["key"] == "entities" and meta["page"] == 0 and meta["page_size"] == 3
+    assert meta["previous_page_url"] is None
+    assert meta["first_page_url"] == f"{server.base}{path}?PageSize=3&Page=0"
+    pages = [page]
+    while pages[-1]["meta"]["next_page_url"]:
+        assert pages[-1]["meta"]["next_page_url"].startswith(server.base + path + "?")
+        status, nxt = server.raw("GET", pages[-1]["meta"]["next_page_url"])
+        assert status == 200
+        pages.append(nxt)
+    assert [len(p["entities"]) for p in pages] == [3, 3, 1]
+    assert pages[2]["meta"]["page"] == 2 and pages[2]["meta"]["previous_page_url"] is not None
+    status, back = server.raw("GET", pages[2]["meta"]["previous_page_url"])
+    assert back["entities"] == pages[1]["entities"]
+    # The default page is 50; more than 1000 is refused.
+    status, page = server.raw("GET", path)
+    assert page["meta"]["page_size"] == 50 and len(page["entities"]) == 7 and page["meta"]["next_page_url"] is None
+    for bad in ("0", "1001", "ten"):
+        check_error(*server.raw("GET", path, params={"PageSize": bad}), 400, 60306)
+    check_error(*server.raw("GET", path, params={"PageToken": "nonsense"}), 400, 60306)
+
+
+@pytest.mark.step_bounded
+def test_challenge_list_filters_by_factor_and_status_and_orders(server, db):
+    client = server.client()
+    svc = client.verify.v2.services.create(friendly_name="Challenges")
+    entity = client.verify.v2.services(svc.sid).entities("list-1")
+    sids = {}
+    for name in ("a", "b"):
+        f = entity.new_factors.create(friendly_name=name, factor_type="totp")
+        entity.factors(f.sid).update(auth_payload=code_at(f.binding["secret"]))
+        sids[name] = f.sid
+    made = [entity.challenges.create(factor_sid=sids[n]).sid for n in ("a", "b", "a", "a")]
+    for_a = entity.challenges.list(factor_sid=sids["a"], page_size=2)
+    assert [c.sid for c in for_a] == [made[0], made[2], made[3]]
+    assert [c.sid for c in entity.challenges.list(factor_sid=sids["a"], order="desc")] == [made[3], made[2], made[0]]
+    assert [c.sid for c in entity.challenges.list(status="pending")] == made
+    assert entity.challenges.list(status="approved") == []
+    status, page = server.raw("GET", f"/v2/Services/{svc.sid}/Entities/list-1/Challenges",
+                              params={"FactorSid": sids["a"], "PageSize": 2, "Order": "desc"})
+    assert f"FactorSid={sids['a']}" in page["meta"]["next_page_url"] and "Order=desc" in page["meta"]["next_page_url"]
+    check_error(*server.raw("GET", f"/v2/Services/{svc.sid}/Entities/list-1/Challenges", params={"Order": "up"}),
+                400, 60306)
+    check_error(*server.raw("GET", f"/v2/Services/{svc.sid}/Entities/list-1/Challenges", params={"Status": "ok"}),
+                400, 60306)
+
+
+# --- errors -------------------------------------------------------------------------------
+
+def test_authentication_is_basic_with_an_account_and_its_token(server):
+    for auth in (None, (ACCOUNT_A, TOKEN_B), (ACCOUNT_A, ""), ("AC" + "c3" * 16, TOKEN_A), (ACCOUNT_A, TOKEN_A + "x")):
+        check_error(*server.raw("GET", "/v2/Services", auth=auth), 401, 20003)
+    r = requests.get(server.base + "/v2/Services", headers={"Authorization": "Bearer " + TOKEN_A}, timeout=10)
+    check_error(r.status_code, r.json(), 401, 20003)
+    with sdk_refused(401, 20003):  # (list() raises the SDK's page error, TwilioException, on any status)
+        server.client(ACCOUNT_A, "wrong").verify.v2.services.create(friendly_name="Not made")
+    assert server.raw("GET", "/v2/Services", auth=(ACCOUNT_B, TOKEN_B))[0] == 200
+
+
+@pytest.mark.step_bounded
+def test_every_refusal_has_twilio_code_status_and_body(server, db):
+    client = server.client()
+    svc = client.verify.v2.services.create(friendly_name="Errors")
+    base = f"/v2/Services/{svc.sid}"
+    missing = "VA" + "0" * 32
+    check_error(*server.raw("GET", f"/v2/Services/{missing}"), 404, 20404)
+    check_error(*server.raw("POST", f"/v2/Services/{missing}/Entities", {"Identity": "x-1"}), 404, 20404)
+    check_error(*server.raw("GET", "/v2/Nothing"), 404, 20404)
+    check_error(*server.raw("PUT", "/v2/Services"), 405, 20004)
+    # Invalid arguments: 400 with the extension's Twilio number.
+    check_error(*server.raw("POST", "/v2/Services", {"FriendlyName": "X", "Totp.TimeStep": "90"}), 400, 60200)
+    check_error(*server.raw("POST", "/v2/Services", {"FriendlyName": "X", "Totp.Skew": "two"}), 400, 60200)
+    check_error(*server.raw("POST", "/v2/Services", {}), 400, 60200)
+    check_error(*server.raw("POST", f"{base}/Entities", {"Identity": "not an identity"}), 400, 60306)
+    check_error(*server.raw("POST", f"{base}/Entities/e-1/Factors", {"FriendlyName": "p", "FactorType": "push"}),
+                400, 60369)
+    bad_secret = "NOT-BASE32-0189"
+    status, body = server.raw("POST", f"{base}/Entities/e-1/Factors",
+                              {"FriendlyName": "p", "FactorType": "totp", "Binding.Secret": bad_secret})
+    check_error(status, body, 400, 60306)
+    assert bad_secret not in json.dumps(body)
+    check_error(*server.raw("POST", f"{base}/Entities/e-1/Factors",
+                            {"FriendlyName": "p", "FactorType": "totp", "Metadata": "{not json"}), 400, 60306)
+    # Conflicts and not-found from the extension.
+    client.verify.v2.services(svc.sid).entities.create(identity="e-1")
+    check_error(*server.raw("POST", f"{base}/Entities", {"Identity": "e-1"}), 409, 60301)
+    check_error(*server.raw("POST", f"{base}/Entities/nobody/Challenges", {"FactorSid": "YF" + "0" * 32}), 404, 60392)
+    check_error(*server.raw("POST", f"{base}/Entities/e-1/Factors/YF{'0' * 32}", {"AuthPayload": "123456"}),
+                404, 60390)
+    check_error(*server.raw("POST", f"{base}/Entities/e-1/Challenges/YC{'0' * 32}", {"AuthPayload": "123456"}),
+                404, 60391)
+    factor = client.verify.v2.services(svc.sid).entities("e-1").new_factors.create(friendly_name="p", factor_type="totp")
+    secret = factor.binding["secret"]
+    fpath = f"{base}/Entities/e-1/Factors/{factor.sid}"
+    # 60318: a challenge on an unverified factor is forbidden.
+    check_error(*server.raw("POST", f"{base}/Entities/e-1/Challenges", {"FactorSid": factor.sid}), 403, 60318)
+    check_error(*server.raw("POST", fpath, {"AuthPayload": "12x456"}), 400, 60306)
+    # 60310: the 6th wrong code on a factor's verification is rate limited; no code is echoed.
+    wrong = next(w for w in ("000000", "111111", "222222") if w not in {code_at(secret, d) for d in (-1, 0, 1)})
+    for _ in range(5):
+        assert server.raw("POST", fpath, {"AuthPayload": wrong})[1]["status"] == "unverified"
+    status, body = server.raw("POST", fpath, {"AuthPayload": wrong})
+    check_error(status, body, 429, 60310)
+    assert wrong not in json.dumps(body)
+    with sdk_refused(429, 60310):
+        client.verify.v2.services(svc.sid).entities("e-1").factors(factor.sid).update(auth_payload=wrong)
+
+    # Challenge errors on a verified factor: 60312 (creation limit), 60322 (answered), 60308.
+    f2 = client.verify.v2.services(svc.sid).entities("e-1").new_factors.create(friendly_name="q", factor_type="totp")
+    s2 = f2.binding["secret"]
+    assert client.verify.v2.services(svc.sid).entities("e-1").factors(f2.sid).update(
+        auth_payload=code_at(s2)).status == "verified"
+    with connect(db) as conn:
+        conn.execute("SELECT totp.update_service(%s, max_challenges_per_hour => 3, max_challenge_attempts => 2)",
+                     (svc.sid,))
+    cpath = f"{base}/Entities/e-1/Challenges"
+    status, approved = server.raw("POST", cpath, {"FactorSid": f2.sid, "AuthPayload": code_at(s2, 1)})
+    assert (status, approved["status"]) == (201, "approved")
+    check_error(*server.raw("POST", f"{cpath}/{approved['sid']}", {"AuthPayload": code_at(s2, 1)}), 403, 60322)
+    wrong2 = next(w for w in ("000000", "111111", "222222") if w not in {code_at(s2, d) for d in (-1, 0, 1, 2)})
+    status, pending = server.raw("POST", cpath, {"FactorSid": f2.sid})
+    assert server.raw("POST", f"{cpath}/{pending['sid']}", {"AuthPayload": wrong2})[1]["status"] == "pending"
+    assert server.raw("POST", f"{cpath}/{pending['sid']}", {"AuthPayload": wrong2})[1]["status"] == "denied"
+    check_error(*server.raw("POST", f"{cpath}/{pending['sid']}", {"AuthPayload": wrong2}), 429, 60308)
+    server.raw("POST", cpath, {"FactorSid": f2.sid})
+    check_error(*server.raw("POST", cpath, {"FactorSid": f2.sid}), 429, 60312)
+    check_error(*server.raw("POST", cpath, {"FactorSid": f2.sid, "ExpirationDate": "soon"}), 400, 60306)
+
+
+def test_accounts_see_only_their_own_services(server, db):
+    a, b = server.client(), server.client(ACCOUNT_B, TOKEN_B)
+    mine = a.verify.v2.services.create(friendly_name="Of A")
+    a.verify.v2.services(mine.sid).entities.create(identity="iso-1")
+    theirs = b.verify.v2.services.create(friendly_name="Of B")
+    assert theirs.account_sid == ACCOUNT_B
+    with connect(db) as conn:
+        over_sql = conn.execute("SELECT sid, account_sid FROM totp.create_service('Over SQL')").fetchone()
+    assert over_sql["account_sid"] is None
+    listed_a = {s.sid for s in a.verify.v2.services.list()}
+    listed_b = {s.sid for s in b.verify.v2.services.list()}
+    assert mine.sid in listed_a and theirs.sid in listed_b
+    assert mine.sid not in listed_b and theirs.sid not in listed_a
+    assert over_sql["sid"] not in listed_a | listed_b
+    for sid in (mine.sid, over_sql["sid"]):
+        with sdk_refused(404, 20404):
+            b.verify.v2.services(sid).fetch()
+        with sdk_refused(404, 20404):
+            b.verify.v2.services(sid).update(friendly_name="Taken")
+        check_error(*server.raw("GET", f"/v2/Services/{sid}/Entities", auth=(ACCOUNT_B, TOKEN_B)), 404, 20404)
+        with sdk_refused(404, 20404):
+            b.verify.v2.services(sid).entities.create(identity="iso-2")
+        with sdk_refused(404, 20404):
+            b.verify.v2.services(sid).entities("iso-1").new_factors.create(friendly_name="x", factor_type="totp")
+        with sdk_refused(404, 20404):
+            b.verify.v2.services(sid).entities("iso-1").delete()
+        with sdk_refused(404, 20404):
+            b.verify.v2.services(sid).delete()
+    # Nothing B tried changed A's service.
+    assert a.verify.v2.services(mine.sid).fetch().friendly_name == "Of A"
+    assert [e.identity for e in a.verify.v2.services(mine.sid).entities.list()] == ["iso-1"]
+    with connect(db) as conn:
+        assert conn.execute("SELECT count(*) AS n FROM totp.entities WHERE identity = 'iso-2'").fetchone()["n"] == 0
+
+
+def test_create_service_account_sid_over_sql(conn):
+    row = conn.execute("SELECT * FROM totp.create_service('Owned', account_sid => %s)", (ACCOUNT_A,)).fetchone()
+    assert row["account_sid"] == ACCOUNT_A
+    for bad in ("AC123", "ac" + "a1" * 16, "AC" + "A1" * 16, "VA" + "a1" * 16):
+        with refused("22023", 60200):
+            conn.execute("SELECT totp.create_service('Owned', account_sid => %s)", (bad,))
+    sid = "VA" + "5e" * 16
+    conn.execute("SELECT totp.create_service('Owned', sid => %s, account_sid => %s)", (sid, ACCOUNT_A))
+    # Replaying the creation returns it; another account may not claim it.
+    conn.execute("SELECT totp.create_service('Owned', sid => %s, account_sid => %s)", (sid, ACCOUNT_A))
+    with refused("23505"):
+        conn.execute("SELECT totp.create_service('Owned', sid => %s, account_sid => %s)", (sid, ACCOUNT_B))
+
+
+def test_the_server_log_holds_no_secret_or_code(server):
+    client = server.client()
+    svc = client.verify.v2.services.create(friendly_name="Logs")
+    factor = client.verify.v2.services(svc.sid).entities("log-1").new_factors.create(
+        friendly_name="p", factor_type="totp", binding_secret="KRSXG5CTMVRXEZLUKRSXG5CTMVRXEZLU")
+    code = code_at(factor.binding["secret"])
+    client.verify.v2.services(svc.sid).entities("log-1").factors(factor.sid).update(auth_payload=code)
+    server.raw("POST", f"/v2/Services/{svc.sid}/Entities/log-1/Factors",
+               {"FactorType": "totp", "FriendlyName": "p", "Binding.Secret": "SHORTSECRET"})
+    log = server.log_path.read_bytes()
+    assert b"listening on" in log
+    for needle in ("KRSXG5CTMVRXEZLU", "SHORTSECRET", code):
+        assert needle.encode() not in log
+
+
+def test_bad_configuration_exits_non_zero_with_a_clear_message(db):
+    assert os.access(SERVER_BIN, os.X_OK), f"{SERVER_BIN} is not built"
+    good = dict(os.environ, DATABASE_URL=database_url(db), TOTP_VERIFY_LISTEN=f"127.0.0.1:{free_port()}",
+                TOTP_VERIFY_ACCOUNTS=f"{ACCOUNT_A}:{TOKEN_A}")
+    for change, words in [({"TOTP_VERIFY_ACCOUNTS": ""}, "TOTP_VERIFY_ACCOUNTS"),
+                          ({"TOTP_VERIFY_ACCOUNTS": "ACnope:x"}, "account SID"),
+                          ({"TOTP_VERIFY_LISTEN": "localhost"}, "TOTP_VERIFY_LISTEN"),
+                          ({"DATABASE_URL": ""}, "DATABASE_URL"),
+                          ({"DATABASE_URL": database_url("no_such_database_here")}, "cannot connect")]:
+        r = subprocess.run([SERVER_BIN], env={**good, **change}, capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and words in r.stderr, (change, r.returncode, r.stderr)
