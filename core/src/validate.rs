@@ -149,7 +149,13 @@ mod tests {
     #[test]
     fn account_sids() {
         assert!(account_sid(&format!("AC{}", "0123456789abcdef".repeat(2))).is_ok());
-        for bad in ["", "AC", &format!("AC{}", "A".repeat(32)), &format!("VA{}", "a".repeat(32)), &format!("AC{}", "a".repeat(33))] {
+        for bad in [
+            "",
+            "AC",
+            &format!("AC{}", "A".repeat(32)),
+            &format!("VA{}", "a".repeat(32)),
+            &format!("AC{}", "a".repeat(33)),
+        ] {
             assert!(account_sid(bad).is_err(), "{bad:?}");
         }
     }

@@ -15,7 +15,9 @@ impl Accounts {
                 .split_once(':')
                 .ok_or_else(|| "TOTP_VERIFY_ACCOUNTS: each entry is ACCOUNT_SID:TOKEN".to_string())?;
             if !is_account_sid(sid) {
-                return Err(format!("TOTP_VERIFY_ACCOUNTS: {sid:?} is not an account SID (AC + 32 lower-case hex digits)"));
+                return Err(format!(
+                    "TOTP_VERIFY_ACCOUNTS: {sid:?} is not an account SID (AC + 32 lower-case hex digits)"
+                ));
             }
             if token.is_empty() {
                 return Err(format!("TOTP_VERIFY_ACCOUNTS: the token of {sid} is empty"));
@@ -42,7 +44,9 @@ impl Accounts {
 
 /// `AC` + 32 lower-case hex digits, as the extension's `account_sid` column requires.
 pub fn is_account_sid(sid: &str) -> bool {
-    sid.len() == 34 && sid.starts_with("AC") && sid[2..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    sid.len() == 34
+        && sid.starts_with("AC")
+        && sid[2..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 pub struct Config {
@@ -64,7 +68,8 @@ impl Config {
         if listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("TOTP_VERIFY_LISTEN: {listen:?} is not host:port (e.g. 127.0.0.1:8080)"));
         }
-        let accounts = Accounts::parse(&var("TOTP_VERIFY_ACCOUNTS").ok_or("TOTP_VERIFY_ACCOUNTS is not set (AC…:token pairs)")?)?;
+        let accounts =
+            Accounts::parse(&var("TOTP_VERIFY_ACCOUNTS").ok_or("TOTP_VERIFY_ACCOUNTS is not set (AC…:token pairs)")?)?;
         let public_url = var("TOTP_VERIFY_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_string());
         if let Some(u) = &public_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {

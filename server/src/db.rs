@@ -11,7 +11,8 @@ use crate::App;
 pub async fn pool(config: &Config) -> Result<Pool, String> {
     let manager =
         Manager::from_config(config.database.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    let pool = Pool::builder(manager).max_size(config.pool_size).build().map_err(|e| format!("connection pool: {e}"))?;
+    let pool =
+        Pool::builder(manager).max_size(config.pool_size).build().map_err(|e| format!("connection pool: {e}"))?;
     // Fail at start, with a clear message, rather than on the first request.
     let client = pool.get().await.map_err(|e| format!("cannot connect to DATABASE_URL: {e}"))?;
     let found = client

@@ -29,7 +29,11 @@ impl Form {
     /// An integer parameter; `code` is the Twilio error for a value that is not one.
     pub fn int(&self, key: &str, code: u32) -> Result<Option<i32>, ApiError> {
         self.get(key)
-            .map(|v| v.trim().parse().map_err(|_| ApiError::invalid(code, format!("Invalid parameter: {key} must be an integer"))))
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| ApiError::invalid(code, format!("Invalid parameter: {key} must be an integer")))
+            })
             .transpose()
     }
 
@@ -49,7 +53,10 @@ impl Form {
         self.get(key)
             .map(|v| {
                 humantime::parse_rfc3339_weak(v.trim_end_matches('Z').trim_end_matches("+00:00")).map_err(|_| {
-                    ApiError::invalid(60306, format!("Invalid parameter: {key} must be an ISO 8601 date (YYYY-MM-DDTHH:MM:SSZ)"))
+                    ApiError::invalid(
+                        60306,
+                        format!("Invalid parameter: {key} must be an ISO 8601 date (YYYY-MM-DDTHH:MM:SSZ)"),
+                    )
                 })
             })
             .transpose()

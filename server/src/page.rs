@@ -18,11 +18,19 @@ impl PageReq {
         let bad = |what: &str| ApiError::invalid(60306, format!("Invalid parameter: {what}"));
         let size = match query.get("PageSize") {
             None => 50,
-            Some(v) => v.parse::<i64>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| bad("PageSize must be 1 to 1000"))?,
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| bad("PageSize must be 1 to 1000"))?,
         };
         let page = match query.get("Page") {
             None => 0,
-            Some(v) => v.parse::<i64>().ok().filter(|n| (0..=10_000_000).contains(n)).ok_or_else(|| bad("Page must be 0 or more"))?,
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (0..=10_000_000).contains(n))
+                .ok_or_else(|| bad("Page must be 0 or more"))?,
         };
         // A PageToken is one this server wrote: "PT" + the offset of the page's first row.
         let offset = match query.get("PageToken") {

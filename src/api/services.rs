@@ -76,7 +76,9 @@ fn differing_settings(
         return Ok(None);
     };
     let mut differs = Vec::new();
-    for (ordinal, field) in ["friendly_name", "issuer", "time_step", "code_length", "skew", "account_sid"].into_iter().enumerate() {
+    for (ordinal, field) in
+        ["friendly_name", "issuer", "time_step", "code_length", "skew", "account_sid"].into_iter().enumerate()
+    {
         if !db::req::<bool>(&same, ordinal + 1)? {
             differs.push(field);
         }

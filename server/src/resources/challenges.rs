@@ -123,19 +123,28 @@ pub async fn update(
         "SELECT {COLS} FROM totp.services s CROSS JOIN LATERAL totp.update_challenge(s.sid, $3, $4, $5, \
          metadata => $6::text::jsonb) x {OWNED}"
     );
-    let params: [&(dyn ToSql + Sync); 6] = [&service, &ctx.account, &identity, &sid, &form.get("AuthPayload"), &metadata];
+    let params: [&(dyn ToSql + Sync); 6] =
+        [&service, &ctx.account, &identity, &sid, &form.get("AuthPayload"), &metadata];
     let row = db::query_opt(&app, &sql, &params).await?.ok_or_else(|| ApiError::not_found(uri.path()))?;
     ok(render(&ctx, &row))
 }
 
-pub async fn list(State(app): State<App>, ctx: Ctx, Path((service, identity)): Path<(String, String)>, uri: Uri) -> Reply {
+pub async fn list(
+    State(app): State<App>,
+    ctx: Ctx,
+    Path((service, identity)): Path<(String, String)>,
+    uri: Uri,
+) -> Reply {
     let query = Form::query(&uri);
     let page = PageReq::from(&query)?;
     let factor_sid = query.get("FactorSid");
     let status = query.get("Status");
     if let Some(s) = status {
         if !["pending", "expired", "approved", "denied"].contains(&s) {
-            return Err(ApiError::invalid(60306, "Invalid parameter: Status must be pending, expired, approved or denied"));
+            return Err(ApiError::invalid(
+                60306,
+                "Invalid parameter: Status must be pending, expired, approved or denied",
+            ));
         }
     }
     let order = match query.get("Order") {

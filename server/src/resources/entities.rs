@@ -48,7 +48,12 @@ pub async fn create(State(app): State<App>, ctx: Ctx, Path(service): Path<String
     created(render(&ctx, &row))
 }
 
-pub async fn fetch(State(app): State<App>, ctx: Ctx, Path((service, identity)): Path<(String, String)>, uri: Uri) -> Reply {
+pub async fn fetch(
+    State(app): State<App>,
+    ctx: Ctx,
+    Path((service, identity)): Path<(String, String)>,
+    uri: Uri,
+) -> Reply {
     let sql = format!(
         "SELECT {COLS} FROM totp.services s JOIN totp.entities x ON x.service_sid = s.sid \
          WHERE s.sid = $1 AND s.account_sid = $2 AND x.identity = $3"
@@ -59,7 +64,12 @@ pub async fn fetch(State(app): State<App>, ctx: Ctx, Path((service, identity)): 
     ok(render(&ctx, &row))
 }
 
-pub async fn delete(State(app): State<App>, ctx: Ctx, Path((service, identity)): Path<(String, String)>, uri: Uri) -> Reply {
+pub async fn delete(
+    State(app): State<App>,
+    ctx: Ctx,
+    Path((service, identity)): Path<(String, String)>,
+    uri: Uri,
+) -> Reply {
     let sql = "SELECT 1 FROM totp.services s CROSS JOIN LATERAL totp.delete_entity(s.sid, $3) d \
                WHERE s.sid = $1 AND s.account_sid = $2";
     deleted(db::query(&app, sql, &[&service, &ctx.account, &identity]).await?.len(), uri.path())

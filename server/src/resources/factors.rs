@@ -89,8 +89,18 @@ pub async fn create(
          totp.create_factor(s.sid, $3, $4, secret => $5, alg => $6, code_length => $7, time_step => $8, skew => $9, \
          metadata => $10::text::jsonb) x {OWNED}"
     );
-    let params: [&(dyn ToSql + Sync); 10] =
-        [&service, &ctx.account, &identity, &c.friendly_name, &secret, &c.alg, &c.code_length, &c.time_step, &c.skew, &metadata];
+    let params: [&(dyn ToSql + Sync); 10] = [
+        &service,
+        &ctx.account,
+        &identity,
+        &c.friendly_name,
+        &secret,
+        &c.alg,
+        &c.code_length,
+        &c.time_step,
+        &c.skew,
+        &metadata,
+    ];
     let row = db::query_opt(&app, &sql, &params).await?.ok_or_else(|| ApiError::not_found(uri.path()))?;
     let mut body = render(&ctx, &row);
     // The only response that ever holds the secret (Twilio's new_factor).
@@ -167,7 +177,12 @@ pub async fn delete(
     deleted(db::query(&app, &sql, &[&service, &ctx.account, &identity, &sid]).await?.len(), uri.path())
 }
 
-pub async fn list(State(app): State<App>, ctx: Ctx, Path((service, identity)): Path<(String, String)>, uri: Uri) -> Reply {
+pub async fn list(
+    State(app): State<App>,
+    ctx: Ctx,
+    Path((service, identity)): Path<(String, String)>,
+    uri: Uri,
+) -> Reply {
     let page = PageReq::from(&Form::query(&uri))?;
     let sql = format!(
         "SELECT {COLS} FROM totp.services s JOIN totp.factors x ON x.service_sid = s.sid {OWNED} \

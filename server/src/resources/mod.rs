@@ -28,10 +28,7 @@ pub fn routes() -> Router<App> {
         .route("/v2/Services/{service}/Entities", get(entities::list).post(entities::create))
         .route(ENTITY, get(entities::fetch).delete(entities::delete))
         .route(&format!("{ENTITY}/Factors"), get(factors::list).post(factors::create))
-        .route(
-            &format!("{ENTITY}/Factors/{{sid}}"),
-            get(factors::fetch).post(factors::update).delete(factors::delete),
-        )
+        .route(&format!("{ENTITY}/Factors/{{sid}}"), get(factors::fetch).post(factors::update).delete(factors::delete))
         .route(&format!("{ENTITY}/Challenges"), get(challenges::list).post(challenges::create))
         .route(&format!("{ENTITY}/Challenges/{{sid}}"), get(challenges::fetch).post(challenges::update))
         .method_not_allowed_fallback(|| async { ApiError::twilio(20004, "Method not allowed") })

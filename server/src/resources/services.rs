@@ -78,15 +78,17 @@ pub async fn create(State(app): State<App>, ctx: Ctx, body: Bytes) -> Reply {
         "SELECT {COLS} FROM totp.create_service($1, issuer => $2, time_step => $3, code_length => $4, skew => $5, \
          account_sid => $6) x"
     );
-    let row = db::query_opt(&app, &sql, &[&s.friendly_name, &s.issuer, &s.time_step, &s.code_length, &s.skew, &ctx.account])
-        .await?
-        .ok_or_else(|| ApiError::not_found("/v2/Services"))?;
+    let row =
+        db::query_opt(&app, &sql, &[&s.friendly_name, &s.issuer, &s.time_step, &s.code_length, &s.skew, &ctx.account])
+            .await?
+            .ok_or_else(|| ApiError::not_found("/v2/Services"))?;
     created(render(&ctx, &row))
 }
 
 pub async fn fetch(State(app): State<App>, ctx: Ctx, Path(service): Path<String>, uri: Uri) -> Reply {
     let sql = format!("SELECT {COLS} FROM totp.services x WHERE x.sid = $1 AND x.account_sid = $2");
-    let row = db::query_opt(&app, &sql, &[&service, &ctx.account]).await?.ok_or_else(|| ApiError::not_found(uri.path()))?;
+    let row =
+        db::query_opt(&app, &sql, &[&service, &ctx.account]).await?.ok_or_else(|| ApiError::not_found(uri.path()))?;
     ok(render(&ctx, &row))
 }
 
