@@ -1,5 +1,6 @@
 //! Configuration from the environment (SPEC §10): `DATABASE_URL`, `TOTP_VERIFY_LISTEN`,
-//! `TOTP_VERIFY_ACCOUNTS`, and optionally `TOTP_VERIFY_PUBLIC_URL` and `TOTP_VERIFY_POOL_SIZE`.
+//! `TOTP_VERIFY_ACCOUNTS`, and optionally `TOTP_VERIFY_PUBLIC_URL`, `TOTP_VERIFY_POOL_SIZE` and
+//! the webhook delivery timings `TOTP_VERIFY_WEBHOOK_{POLL,RETRY,RETRY_MAX}_MS`.
 
 use std::collections::HashMap;
 
@@ -56,6 +57,15 @@ pub struct Config {
     /// Scheme and host for the `url`s of responses when behind a proxy; else the request's Host.
     pub public_url: Option<String>,
     pub pool_size: usize,
+    pub webhooks: crate::deliver::Settings,
+}
+
+/// A positive number of milliseconds from `name`, or `default`.
+fn millis(name: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(name).ok().filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => v.parse().ok().filter(|n| *n > 0).ok_or(format!("{name} must be a positive number of milliseconds")),
+    }
 }
 
 impl Config {
@@ -80,6 +90,11 @@ impl Config {
             None => 16,
             Some(n) => n.parse().ok().filter(|n| *n > 0).ok_or("TOTP_VERIFY_POOL_SIZE must be a positive number")?,
         };
-        Ok(Config { database, listen, accounts, public_url, pool_size })
+        let webhooks = crate::deliver::Settings {
+            poll: std::time::Duration::from_millis(millis("TOTP_VERIFY_WEBHOOK_POLL_MS", 250)?),
+            retry_base_ms: millis("TOTP_VERIFY_WEBHOOK_RETRY_MS", 1000)?,
+            retry_max_ms: millis("TOTP_VERIFY_WEBHOOK_RETRY_MAX_MS", 600_000)?,
+        };
+        Ok(Config { database, listen, accounts, public_url, pool_size, webhooks })
     }
 }

@@ -25,6 +25,10 @@ pub async fn pool(config: &Config) -> Result<Pool, String> {
     if found.is_none() {
         return Err("DATABASE_URL: totp_verify is older than 0.4.0 (no totp.services.account_sid): ALTER EXTENSION totp_verify UPDATE".into());
     }
+    client
+        .batch_execute(crate::schema::SETUP)
+        .await
+        .map_err(|e| format!("cannot create the server's tables (schema totp_server): {e}"))?;
     Ok(pool)
 }
 

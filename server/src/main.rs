@@ -5,15 +5,18 @@
 //! Layout: `config` (environment), `auth` (HTTP Basic, the account), `error` (Twilio's error
 //! body, mapped from SQLSTATE + "(Twilio NNNNN)"), `form` (Twilio's form bodies and query
 //! strings), `page` (Twilio's list paging), `db` (the pool and statements), `resources/` (one
-//! module per Twilio resource: routes, SQL and JSON shape).
+//! module per Twilio resource: routes, SQL and JSON shape), `schema` (the server's own tables:
+//! webhooks and their delivery queue), `deliver` (webhook delivery from `totp.events`).
 
 mod auth;
 mod config;
 mod db;
+mod deliver;
 mod error;
 mod form;
 mod page;
 mod resources;
+mod schema;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -56,6 +59,7 @@ async fn main() -> ExitCode {
         }
     };
     let app = App { pool, accounts: Arc::new(config.accounts), public_url: config.public_url.map(Arc::from) };
+    deliver::spawn(app.clone(), config.webhooks);
     eprintln!(
         "totp-verify-server: listening on http://{} ({} account(s))",
         listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -8,6 +8,7 @@ mod challenges;
 mod entities;
 mod factors;
 mod services;
+mod webhooks;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -31,6 +32,11 @@ pub fn routes() -> Router<App> {
         .route(&format!("{ENTITY}/Factors/{{sid}}"), get(factors::fetch).post(factors::update).delete(factors::delete))
         .route(&format!("{ENTITY}/Challenges"), get(challenges::list).post(challenges::create))
         .route(&format!("{ENTITY}/Challenges/{{sid}}"), get(challenges::fetch).post(challenges::update))
+        .route("/v2/Services/{service}/Webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/v2/Services/{service}/Webhooks/{sid}",
+            get(webhooks::fetch).post(webhooks::update).delete(webhooks::delete),
+        )
         .method_not_allowed_fallback(|| async { ApiError::twilio(20004, "Method not allowed") })
 }
 

@@ -49,6 +49,7 @@ fn render(ctx: &Ctx, row: &Row) -> Value {
         "url": url,
         "links": {
             "entities": format!("{url}/Entities"),
+            "webhooks": format!("{url}/Webhooks"),
         },
     })
 }
