@@ -8,12 +8,16 @@ request URL is built from, `Domain.absolute_url`). Response bodies are also fetc
 validated against the schemas of Twilio's OpenAPI description (reference/twilio_verify_v2.openapi.json).
 """
 
+import http.server
 import json
 import os
 import re
 import socket
 import subprocess
+import threading
 import time
+import urllib.parse
+import uuid
 from pathlib import Path
 
 import jsonschema
@@ -21,6 +25,7 @@ import pyotp
 import pytest
 import requests
 from twilio.base.exceptions import TwilioRestException
+from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from conftest import connect, refused, wait_inside_step
@@ -55,10 +60,13 @@ class Server:
         assert os.access(SERVER_BIN, os.X_OK), f"{SERVER_BIN} is not built (scripts/test builds it)"
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp_path / "server.log"
         self.log = open(self.log_path, "wb")
         env = dict(os.environ, DATABASE_URL=database_url(db), TOTP_VERIFY_LISTEN=f"127.0.0.1:{self.port}",
-                   TOTP_VERIFY_ACCOUNTS=f"{ACCOUNT_A}:{TOKEN_A},{ACCOUNT_B}:{TOKEN_B}")
+                   TOTP_VERIFY_ACCOUNTS=f"{ACCOUNT_A}:{TOKEN_A},{ACCOUNT_B}:{TOKEN_B}",
+                   TOTP_VERIFY_WEBHOOK_POLL_MS="50", TOTP_VERIFY_WEBHOOK_RETRY_MS="200",
+                   TOTP_VERIFY_WEBHOOK_RETRY_MAX_MS="5000")
         self.proc = subprocess.Popen([SERVER_BIN], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
@@ -73,6 +81,12 @@ class Server:
     def stop(self):
         self.proc.terminate()
         assert self.proc.wait(timeout=10) == 0, "server did not exit cleanly on SIGTERM"
+        self.log.close()
+
+    def kill(self):
+        """SIGKILL: no shutdown, whatever the server was doing."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
         self.log.close()
 
     def client(self, account=ACCOUNT_A, token=TOKEN_A):
@@ -487,3 +501,195 @@ def test_bad_configuration_exits_non_zero_with_a_clear_message(db):
                           ({"DATABASE_URL": database_url("no_such_database_here")}, "cannot connect")]:
         r = subprocess.run([SERVER_BIN], env={**good, **change}, capture_output=True, text=True, timeout=30)
         assert r.returncode != 0 and words in r.stderr, (change, r.returncode, r.stderr)
+
+
+# --- webhooks -----------------------------------------------------------------------------
+
+class Receiver:
+    """A webhook receiver: records every POST (its signature and parameters) and answers 503
+    while told to fail."""
+
+    def __init__(self):
+        self.received = []
+        self.fail_next = 0
+        self.fail_all = False
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                params = dict(urllib.parse.parse_qsl(body, keep_blank_values=True))
+                with receiver.lock:
+                    failing = receiver.fail_all or receiver.fail_next > 0
+                    receiver.fail_next -= 1 if receiver.fail_next > 0 else 0
+                    receiver.received.append({"at": time.monotonic(), "path": self.path, "params": params,
+                                              "signature": self.headers.get("X-Twilio-Signature"),
+                                              "ok": not failing})
+                self.send_response(503 if failing else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hooks/verify?tenant=acme"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def delivered(self):
+        with self.lock:
+            return [r for r in self.received if r["ok"]]
+
+    def wait_for(self, predicate, what, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"not within {timeout} s: {what}; received {self.received}"
+            time.sleep(0.05)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def enrol(client, service_sid, identity):
+    """A verified factor: (factor, secret)."""
+    entity = client.verify.v2.services(service_sid).entities(identity)
+    factor = entity.new_factors.create(friendly_name=identity, factor_type="totp")
+    secret = factor.binding["secret"]
+    assert entity.factors(factor.sid).update(auth_payload=code_at(secret)).status == "verified"
+    return factor, secret
+
+
+def events_of(db, service_sid):
+    with connect(db) as conn:
+        return conn.execute("SELECT id::text AS id, type, factor_sid, challenge_sid FROM totp.events "
+                            "WHERE service_sid = %s ORDER BY date_created", (service_sid,)).fetchall()
+
+
+def test_webhooks_are_created_fetched_listed_updated_and_deleted(server, schemas):
+    client = server.client()
+    svc = client.verify.v2.services.create(friendly_name="Hooks")
+    hooks = client.verify.v2.services(svc.sid).webhooks
+    made = hooks.create(friendly_name="all", event_types=["*"], webhook_url="https://example.com/a")
+    assert made.sid.startswith("YW") and made.status == "enabled" and made.version == "v2"
+    assert made.event_types == ["*"] and made.webhook_method == "POST" and made.account_sid == ACCOUNT_A
+    second = hooks.create(friendly_name="some", event_types=["factor.created", "challenge.approved"],
+                          webhook_url="https://example.com/b", status="disabled", resource_version="v1")
+    assert [w.sid for w in hooks.list(page_size=1)] == [made.sid, second.sid]
+    updated = hooks(second.sid).update(status="enabled", event_types=["challenge.denied"])
+    assert (updated.status, updated.event_types, updated.version) == ("enabled", ["challenge.denied"], "v1")
+    assert hooks(second.sid).fetch().event_types == ["challenge.denied"]
+    status, body = server.raw("GET", f"/v2/Services/{svc.sid}/Webhooks/{made.sid}")
+    assert status == 200
+    check_shape(schemas, "verify.v2.service.webhook", body)
+    assert hooks(made.sid).delete() is True
+    with sdk_refused(404, 20404):
+        hooks(made.sid).fetch()
+    base = f"/v2/Services/{svc.sid}/Webhooks"
+    check_error(*server.raw("POST", base, {"FriendlyName": "x", "EventTypes": "factor.exploded",
+                                           "WebhookUrl": "https://example.com"}), 400, 60306)
+    check_error(*server.raw("POST", base, {"FriendlyName": "x", "EventTypes": "*"}), 400, 60306)
+    check_error(*server.raw("POST", base, {"FriendlyName": "x", "EventTypes": "*", "WebhookUrl": "ftp://x"}), 400, 60306)
+    other = (ACCOUNT_B, TOKEN_B)
+    check_error(*server.raw("GET", f"{base}/{second.sid}", auth=other), 404, 20404)
+    check_error(*server.raw("POST", base, {"FriendlyName": "x", "EventTypes": "*", "WebhookUrl": "https://e.com"},
+                            auth=other), 404, 20404)
+    check_error(*server.raw("DELETE", f"{base}/{second.sid}", auth=other), 404, 20404)
+
+
+@pytest.mark.step_bounded
+def test_events_are_delivered_signed_as_twilio_signs(server, db, receiver):
+    client = server.client()
+    svc = client.verify.v2.services.create(friendly_name="Delivered")
+    client.verify.v2.services(svc.sid).webhooks.create(
+        friendly_name="mine", webhook_url=receiver.url,
+        event_types=["factor.created", "factor.verified", "challenge.approved"])
+    factor, secret = enrol(client, svc.sid, "hook-1")
+    client.verify.v2.services(svc.sid).entities("hook-1").challenges.create(
+        factor_sid=factor.sid, auth_payload=code_at(secret, 1))
+    receiver.wait_for(lambda: len(receiver.delivered()) >= 3, "3 deliveries")
+    validator, impostor = RequestValidator(TOKEN_A), RequestValidator(TOKEN_B)
+    for r in receiver.received:
+        assert r["path"] == "/hooks/verify?tenant=acme"
+        assert validator.validate(receiver.url, r["params"], r["signature"]), r
+        assert not impostor.validate(receiver.url, r["params"], r["signature"])
+        tampered = dict(r["params"], factor_sid="YF" + "0" * 32)
+        assert not validator.validate(receiver.url, tampered, r["signature"])
+    events = {e["id"]: e for e in events_of(db, svc.sid)}
+    got = {r["params"]["uuid"]: r["params"] for r in receiver.delivered()}
+    assert {p["type"] for p in got.values()} == {"factor.created", "factor.verified", "challenge.approved"}
+    for uuid, p in got.items():
+        assert events[uuid]["type"] == p["type"] and events[uuid]["factor_sid"] == p["factor_sid"] == factor.sid
+        assert (p["account_sid"], p["service_sid"], p["entity_identity"], p["factor_type"]) == \
+            (ACCOUNT_A, svc.sid, "hook-1", "totp")
+        assert DATE.match(p["date_created"])
+        assert (p.get("challenge_sid") is not None) == p["type"].startswith("challenge.")
+        assert secret not in json.dumps(p)
+    # An event type the webhook did not ask for is not sent: factor.deleted comes before the
+    # factor.created that follows it, and only the latter arrives.
+    client.verify.v2.services(svc.sid).entities("hook-1").factors(factor.sid).delete()
+    later = client.verify.v2.services(svc.sid).entities("hook-1").new_factors.create(
+        friendly_name="later", factor_type="totp")
+    receiver.wait_for(lambda: any(r["params"]["factor_sid"] == later.sid for r in receiver.delivered()),
+                      "the later factor.created")
+    assert "factor.deleted" not in {r["params"]["type"] for r in receiver.received}
+
+
+def test_a_failing_receiver_gets_the_event_again_later_with_backoff(server, db, receiver):
+    client = server.client()
+    svc = client.verify.v2.services.create(friendly_name="Retries")
+    client.verify.v2.services(svc.sid).webhooks.create(friendly_name="all", webhook_url=receiver.url, event_types=["*"])
+    receiver.fail_next = 4
+    factor = client.verify.v2.services(svc.sid).entities("retry-1").new_factors.create(
+        friendly_name="p", factor_type="totp")
+    receiver.wait_for(lambda: len(receiver.delivered()) == 1, "delivery after 4 failures")
+    attempts = [r for r in receiver.received if r["params"]["factor_sid"] == factor.sid]
+    assert [r["ok"] for r in attempts] == [False, False, False, False, True]
+    assert len({r["params"]["uuid"] for r in attempts}) == 1  # one event, one uuid, every attempt
+    gaps = [b["at"] - a["at"] for a, b in zip(attempts, attempts[1:])]
+    # The waits are 200, 400, 800, 1600 ms (TOTP_VERIFY_WEBHOOK_RETRY_MS=200), scheduled after each
+    # failed answer: lower bounds only, whatever the machine's speed adds.
+    assert all(gap >= least for gap, least in zip(gaps, (0.19, 0.38, 0.76, 1.52))), gaps
+
+
+def test_nothing_is_lost_when_the_server_is_killed_or_was_down(receiver, tmp_path):
+    name = "t_rest_killed_" + uuid.uuid4().hex[:6]
+    with connect("postgres") as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with connect(name) as c:
+            c.execute("CREATE EXTENSION totp_verify")
+        first = Server(name, tmp_path / "first")
+        client = first.client()
+        svc = client.verify.v2.services.create(friendly_name="Killed")
+        client.verify.v2.services(svc.sid).webhooks.create(friendly_name="all", webhook_url=receiver.url,
+                                                           event_types=["*"])
+        receiver.fail_all = True
+        before = client.verify.v2.services(svc.sid).entities("kill-1").new_factors.create(
+            friendly_name="before", factor_type="totp")
+        receiver.wait_for(lambda: len(receiver.received) >= 2, "two failed attempts")
+        first.kill()
+        # While the server is down: an event made over SQL.
+        with connect(name) as c:
+            down = c.execute("SELECT sid FROM totp.create_factor(%s, 'kill-2', 'down')", (svc.sid,)).fetchone()["sid"]
+        receiver.fail_all = False
+        second = Server(name, tmp_path / "second")
+        try:
+            receiver.wait_for(lambda: {before.sid, down} <= {r["params"]["factor_sid"] for r in receiver.delivered()},
+                              "both events delivered after the restart")
+        finally:
+            second.stop()
+        assert all(RequestValidator(TOKEN_A).validate(receiver.url, r["params"], r["signature"])
+                   for r in receiver.received)
+    finally:
+        with connect("postgres") as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
