@@ -65,6 +65,11 @@ async fn main() -> ExitCode {
         listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         app.accounts.len()
     );
+    // Responses go out in one write; without TCP_NODELAY a keep-alive client can wait on
+    // Nagle's algorithm and delayed ACKs.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(listener, router(app)).with_graceful_shutdown(shutdown()).await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
