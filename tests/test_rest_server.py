@@ -49,21 +49,21 @@ def free_port():
         return s.getsockname()[1]
 
 
-def database_url(db):
+def database_url(db, user=None):
     # A libpq URI; the socket directory goes in the host parameter.
-    return (f"postgresql://{os.environ.get('PGUSER', 'postgres')}@/{db}"
+    return (f"postgresql://{user or os.environ.get('PGUSER', 'postgres')}@/{db}"
             f"?host={os.environ['PGHOST']}&port={os.environ.get('PGPORT', '5432')}")
 
 
 class Server:
-    def __init__(self, db, tmp_path):
+    def __init__(self, db, tmp_path, user=None):
         assert os.access(SERVER_BIN, os.X_OK), f"{SERVER_BIN} is not built (scripts/test builds it)"
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp_path / "server.log"
         self.log = open(self.log_path, "wb")
-        env = dict(os.environ, DATABASE_URL=database_url(db), TOTP_VERIFY_LISTEN=f"127.0.0.1:{self.port}",
+        env = dict(os.environ, DATABASE_URL=database_url(db, user), TOTP_VERIFY_LISTEN=f"127.0.0.1:{self.port}",
                    TOTP_VERIFY_ACCOUNTS=f"{ACCOUNT_A}:{TOKEN_A},{ACCOUNT_B}:{TOKEN_B}",
                    TOTP_VERIFY_WEBHOOK_POLL_MS="50", TOTP_VERIFY_WEBHOOK_RETRY_MS="200",
                    TOTP_VERIFY_WEBHOOK_RETRY_MAX_MS="5000")
@@ -497,6 +497,7 @@ def test_bad_configuration_exits_non_zero_with_a_clear_message(db):
     for change, words in [({"TOTP_VERIFY_ACCOUNTS": ""}, "TOTP_VERIFY_ACCOUNTS"),
                           ({"TOTP_VERIFY_ACCOUNTS": "ACnope:x"}, "account SID"),
                           ({"TOTP_VERIFY_LISTEN": "localhost"}, "TOTP_VERIFY_LISTEN"),
+                          ({"TOTP_VERIFY_LISTEN": "no-such-host.invalid:8080"}, "TOTP_VERIFY_LISTEN"),
                           ({"DATABASE_URL": ""}, "DATABASE_URL"),
                           ({"DATABASE_URL": database_url("no_such_database_here")}, "cannot connect")]:
         r = subprocess.run([SERVER_BIN], env={**good, **change}, capture_output=True, text=True, timeout=30)
@@ -693,3 +694,40 @@ def test_nothing_is_lost_when_the_server_is_killed_or_was_down(receiver, tmp_pat
     finally:
         with connect("postgres") as admin:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_the_documented_grants_are_enough_for_the_server(server, db, tmp_path):
+    """README, REST server: the grant sets, service administration, the events, and a
+    totp_server schema the role owns (made for it beforehand: no CREATE on the database)."""
+    role = "rest_app_" + uuid.uuid4().hex[:6]
+    with connect(db) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute("SELECT totp.grant_enrolment(%s), totp.grant_verification(%s)", (role, role))
+        conn.execute(f"GRANT EXECUTE ON FUNCTION totp.create_service, totp.update_service, totp.delete_service TO {role}")
+        conn.execute(f"GRANT SELECT ON totp.events TO {role}")
+        conn.execute(f"REVOKE CREATE ON DATABASE \"{db}\" FROM PUBLIC")
+        exists = conn.execute("SELECT to_regnamespace('totp_server') IS NOT NULL AS e").fetchone()["e"]
+        assert exists, "the module's server made schema totp_server"
+        conn.execute(f"ALTER SCHEMA totp_server OWNER TO {role}")
+        for table in ("webhooks", "deliveries", "cursor"):
+            conn.execute(f"ALTER TABLE totp_server.{table} OWNER TO {role}")
+    app = Server(db, tmp_path / "role", user=role)
+    try:
+        client = app.client()
+        svc = client.verify.v2.services.create(friendly_name="As a role")
+        factor, secret = enrol(client, svc.sid, "role-1")
+        assert client.verify.v2.services(svc.sid).entities("role-1").challenges.create(
+            factor_sid=factor.sid, auth_payload=code_at(secret, 1)).status == "approved"
+        assert [c.status for c in client.verify.v2.services(svc.sid).entities("role-1").challenges.list()] == ["approved"]
+        client.verify.v2.services(svc.sid).webhooks.create(friendly_name="w", event_types=["*"],
+                                                           webhook_url="http://127.0.0.1:9/none")
+        assert client.verify.v2.services(svc.sid).entities("role-1").delete() is True
+        assert client.verify.v2.services(svc.sid).delete() is True
+    finally:
+        app.stop()
+        with connect(db) as conn:
+            for table in ("webhooks", "deliveries", "cursor"):
+                conn.execute(f"ALTER TABLE totp_server.{table} OWNER TO postgres")
+            conn.execute("ALTER SCHEMA totp_server OWNER TO postgres")
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")

@@ -75,7 +75,7 @@ impl Config {
         let database: tokio_postgres::Config =
             url.parse().map_err(|e| format!("DATABASE_URL is not a libpq connection string: {e}"))?;
         let listen = var("TOTP_VERIFY_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into());
-        if listen.parse::<std::net::SocketAddr>().is_err() {
+        if std::net::ToSocketAddrs::to_socket_addrs(&listen).map_or(true, |mut a| a.next().is_none()) {
             return Err(format!("TOTP_VERIFY_LISTEN: {listen:?} is not host:port (e.g. 127.0.0.1:8080)"));
         }
         let accounts =

@@ -3,7 +3,11 @@
 //! queue that makes webhook delivery at-least-once from `totp.events`.
 
 pub const SETUP: &str = "
-CREATE SCHEMA IF NOT EXISTS totp_server;
+-- CREATE SCHEMA IF NOT EXISTS checks the CREATE privilege on the database even when the schema
+-- exists: a schema made beforehand for the server's role must do without it.
+DO $setup$ BEGIN
+    IF pg_catalog.to_regnamespace('totp_server') IS NULL THEN CREATE SCHEMA totp_server; END IF;
+END $setup$;
 CREATE TABLE IF NOT EXISTS totp_server.webhooks (
     sid           text        PRIMARY KEY CHECK (sid ~ '^YW[0-9a-f]{32}$'),
     service_sid   text        NOT NULL,
