@@ -126,7 +126,15 @@ def schemas():
             out = {"anyOf": [out, {"type": "null"}]}
         return out
 
-    return {name: convert(s) for name, s in components.items() if name.startswith("verify.v2.service")}
+    out = {name: convert(s) for name, s in components.items() if name.startswith("verify.v2.service")}
+    # The list bodies: the 200 response schema of each list operation, by its key.
+    for path, ops in spec["paths"].items():
+        schema = ops.get("get", {}).get("responses", {}).get("200", {}).get("content", {}).get(
+            "application/json", {}).get("schema", {})
+        keys = [k for k in schema.get("properties", {}) if k != "meta"]
+        if "meta" in schema.get("properties", {}) and len(keys) == 1:
+            out["list:" + keys[0]] = convert(schema)
+    return out
 
 
 def check_shape(schemas, name, body):
@@ -137,6 +145,18 @@ def check_shape(schemas, name, body):
     for key in ("date_created", "date_updated", "date_responded", "expiration_date"):
         if body.get(key) is not None:
             assert DATE.match(body[key]), (key, body[key])
+
+
+def check_list(schemas, key, body):
+    """A list body valid against Twilio's list schema, its meta complete and its URLs absolute."""
+    schema = schemas["list:" + key]
+    jsonschema.validate(body, schema)
+    assert set(body) == {key, "meta"} and body["meta"]["key"] == key
+    meta_props = schema["properties"]["meta"]
+    meta_props = meta_props.get("properties") or meta_props["anyOf"][0]["properties"]
+    assert set(body["meta"]) == set(meta_props), set(body["meta"]) ^ set(meta_props)
+    for name in ("first_page_url", "previous_page_url", "url", "next_page_url"):
+        assert body["meta"][name] is None or body["meta"][name].startswith("http://127.0.0.1:"), body["meta"]
 
 
 def check_error(status, body, http, code):
@@ -284,7 +304,7 @@ def test_service_update_fetch_and_delete_through_the_sdk(server):
 
 # --- paging -------------------------------------------------------------------------------
 
-def test_lists_page_as_twilio_does_and_the_sdk_walks_every_page(server):
+def test_lists_page_as_twilio_does_and_the_sdk_walks_every_page(server, schemas):
     client = server.client()
     svc = client.verify.v2.services.create(friendly_name="Paging")
     identities = [f"page-{i:02d}" for i in range(7)]
@@ -308,6 +328,10 @@ def test_lists_page_as_twilio_does_and_the_sdk_walks_every_page(server):
         assert status == 200
         pages.append(nxt)
     assert [len(p["entities"]) for p in pages] == [3, 3, 1]
+    for p in pages:
+        check_list(schemas, "entities", p)
+        for item in p["entities"]:
+            check_shape(schemas, "verify.v2.service.entity", item)
     assert pages[2]["meta"]["page"] == 2 and pages[2]["meta"]["previous_page_url"] is not None
     status, back = server.raw("GET", pages[2]["meta"]["previous_page_url"])
     assert back["entities"] == pages[1]["entities"]
@@ -320,7 +344,7 @@ def test_lists_page_as_twilio_does_and_the_sdk_walks_every_page(server):
 
 
 @pytest.mark.step_bounded
-def test_challenge_list_filters_by_factor_and_status_and_orders(server, db):
+def test_challenge_list_filters_by_factor_and_status_and_orders(server, db, schemas):
     client = server.client()
     svc = client.verify.v2.services.create(friendly_name="Challenges")
     entity = client.verify.v2.services(svc.sid).entities("list-1")
@@ -337,6 +361,15 @@ def test_challenge_list_filters_by_factor_and_status_and_orders(server, db):
     assert entity.challenges.list(status="approved") == []
     status, page = server.raw("GET", f"/v2/Services/{svc.sid}/Entities/list-1/Challenges",
                               params={"FactorSid": sids["a"], "PageSize": 2, "Order": "desc"})
+    check_list(schemas, "challenges", page)
+    status, factors = server.raw("GET", f"/v2/Services/{svc.sid}/Entities/list-1/Factors")
+    check_list(schemas, "factors", factors)
+    assert [f["sid"] for f in factors["factors"]] == [sids["a"], sids["b"]]
+    for f in factors["factors"]:
+        check_shape(schemas, "verify.v2.service.entity.factor", f)
+    status, services = server.raw("GET", "/v2/Services", params={"PageSize": 1000})
+    check_list(schemas, "services", services)
+    assert svc.sid in [s["sid"] for s in services["services"]]
     assert f"FactorSid={sids['a']}" in page["meta"]["next_page_url"] and "Order=desc" in page["meta"]["next_page_url"]
     check_error(*server.raw("GET", f"/v2/Services/{svc.sid}/Entities/list-1/Challenges", params={"Order": "up"}),
                 400, 60306)
@@ -592,6 +625,8 @@ def test_webhooks_are_created_fetched_listed_updated_and_deleted(server, schemas
     status, body = server.raw("GET", f"/v2/Services/{svc.sid}/Webhooks/{made.sid}")
     assert status == 200
     check_shape(schemas, "verify.v2.service.webhook", body)
+    status, page = server.raw("GET", f"/v2/Services/{svc.sid}/Webhooks")
+    check_list(schemas, "webhooks", page)
     assert hooks(made.sid).delete() is True
     with sdk_refused(404, 20404):
         hooks(made.sid).fetch()
@@ -627,6 +662,7 @@ def test_events_are_delivered_signed_as_twilio_signs(server, db, receiver):
         assert not validator.validate(receiver.url, tampered, r["signature"])
     events = {e["id"]: e for e in events_of(db, svc.sid)}
     got = {r["params"]["uuid"]: r["params"] for r in receiver.delivered()}
+    assert len(got) == len(receiver.delivered()) == 3, "one delivery per event, each with its own uuid"
     assert {p["type"] for p in got.values()} == {"factor.created", "factor.verified", "challenge.approved"}
     for uuid, p in got.items():
         assert events[uuid]["type"] == p["type"] and events[uuid]["factor_sid"] == p["factor_sid"] == factor.sid
