@@ -66,7 +66,7 @@ class Server:
         env = dict(os.environ, DATABASE_URL=database_url(db, user), TOTP_VERIFY_LISTEN=f"127.0.0.1:{self.port}",
                    TOTP_VERIFY_ACCOUNTS=f"{ACCOUNT_A}:{TOKEN_A},{ACCOUNT_B}:{TOKEN_B}",
                    TOTP_VERIFY_WEBHOOK_POLL_MS="50", TOTP_VERIFY_WEBHOOK_RETRY_MS="200",
-                   TOTP_VERIFY_WEBHOOK_RETRY_MAX_MS="5000")
+                   TOTP_VERIFY_WEBHOOK_RETRY_MAX_MS="5000", TOTP_VERIFY_WEBHOOK_LEASE_MS="1500")
         self.proc = subprocess.Popen([SERVER_BIN], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
@@ -547,6 +547,8 @@ class Receiver:
         self.received = []
         self.fail_next = 0
         self.fail_all = False
+        self.hold = False  # answer nothing until `released` is set
+        self.released = threading.Event()
         self.lock = threading.Lock()
         receiver = self
 
@@ -555,11 +557,14 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
                 params = dict(urllib.parse.parse_qsl(body, keep_blank_values=True))
                 with receiver.lock:
-                    failing = receiver.fail_all or receiver.fail_next > 0
+                    held = receiver.hold
+                    failing = held or receiver.fail_all or receiver.fail_next > 0
                     receiver.fail_next -= 1 if receiver.fail_next > 0 else 0
                     receiver.received.append({"at": time.monotonic(), "path": self.path, "params": params,
                                               "signature": self.headers.get("X-Twilio-Signature"),
-                                              "ok": not failing})
+                                              "ok": not failing, "held": held})
+                if held:
+                    receiver.released.wait(30)
                 self.send_response(503 if failing else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -583,6 +588,7 @@ class Receiver:
             time.sleep(0.05)
 
     def close(self):
+        self.released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -699,6 +705,9 @@ def test_a_failing_receiver_gets_the_event_again_later_with_backoff(server, db, 
 
 
 def test_nothing_is_lost_when_the_server_is_killed_or_was_down(receiver, tmp_path):
+    """Failed deliveries, a delivery in flight when the server is SIGKILLed (its lease,
+    TOTP_VERIFY_WEBHOOK_LEASE_MS=1500, runs out) and an event made while it is down all arrive
+    once the server runs again."""
     name = "t_rest_killed_" + uuid.uuid4().hex[:6]
     with connect("postgres") as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -714,15 +723,25 @@ def test_nothing_is_lost_when_the_server_is_killed_or_was_down(receiver, tmp_pat
         before = client.verify.v2.services(svc.sid).entities("kill-1").new_factors.create(
             friendly_name="before", factor_type="totp")
         receiver.wait_for(lambda: len(receiver.received) >= 2, "two failed attempts")
+        # Then the receiver stops answering: the server is killed while it waits for an answer.
+        with receiver.lock:
+            receiver.fail_all, receiver.hold = False, True
+        mid = client.verify.v2.services(svc.sid).entities("kill-1").new_factors.create(
+            friendly_name="mid", factor_type="totp")
+        receiver.wait_for(lambda: any(r["held"] and r["params"]["factor_sid"] == mid.sid for r in receiver.received),
+                          "the delivery in flight")
         first.kill()
+        with receiver.lock:
+            receiver.hold = False
+        receiver.released.set()
         # While the server is down: an event made over SQL.
         with connect(name) as c:
             down = c.execute("SELECT sid FROM totp.create_factor(%s, 'kill-2', 'down')", (svc.sid,)).fetchone()["sid"]
-        receiver.fail_all = False
         second = Server(name, tmp_path / "second")
         try:
-            receiver.wait_for(lambda: {before.sid, down} <= {r["params"]["factor_sid"] for r in receiver.delivered()},
-                              "both events delivered after the restart")
+            receiver.wait_for(
+                lambda: {before.sid, mid.sid, down} <= {r["params"]["factor_sid"] for r in receiver.delivered()},
+                "every event delivered after the restart")
         finally:
             second.stop()
         assert all(RequestValidator(TOKEN_A).validate(receiver.url, r["params"], r["signature"])

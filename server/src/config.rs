@@ -1,6 +1,6 @@
 //! Configuration from the environment (SPEC §10): `DATABASE_URL`, `TOTP_VERIFY_LISTEN`,
 //! `TOTP_VERIFY_ACCOUNTS`, and optionally `TOTP_VERIFY_PUBLIC_URL`, `TOTP_VERIFY_POOL_SIZE` and
-//! the webhook delivery timings `TOTP_VERIFY_WEBHOOK_{POLL,RETRY,RETRY_MAX}_MS`.
+//! the webhook delivery timings `TOTP_VERIFY_WEBHOOK_{POLL,RETRY,RETRY_MAX,LEASE}_MS`.
 
 use std::collections::HashMap;
 
@@ -94,6 +94,7 @@ impl Config {
             poll: std::time::Duration::from_millis(millis("TOTP_VERIFY_WEBHOOK_POLL_MS", 250)?),
             retry_base_ms: millis("TOTP_VERIFY_WEBHOOK_RETRY_MS", 1000)?,
             retry_max_ms: millis("TOTP_VERIFY_WEBHOOK_RETRY_MAX_MS", 600_000)?,
+            lease_ms: millis("TOTP_VERIFY_WEBHOOK_LEASE_MS", 60_000)?,
         };
         Ok(Config { database, listen, accounts, public_url, pool_size, webhooks })
     }

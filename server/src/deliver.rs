@@ -6,7 +6,8 @@
 //!    transactions that commit after a later one) become one `totp_server.deliveries` row per
 //!    enabled webhook of their service whose `event_types` take them (`*` = all), created no
 //!    later than the event; the (event, webhook) key makes a repeat a no-op;
-//! 2. claim due rows (`FOR UPDATE SKIP LOCKED`), leasing each for 60 s by moving its next attempt;
+//! 2. claim due rows (`FOR UPDATE SKIP LOCKED`), leasing each (`TOTP_VERIFY_WEBHOOK_LEASE_MS`,
+//!    default 60 s) by moving its next attempt;
 //! 3. POST each, form-encoded; a 2xx marks it delivered, anything else schedules the next attempt
 //!    `TOTP_VERIFY_WEBHOOK_RETRY_MS` × 2^(attempts−1) later (at most
 //!    `TOTP_VERIFY_WEBHOOK_RETRY_MAX_MS`).
@@ -29,6 +30,9 @@ pub struct Settings {
     pub poll: Duration,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// How long a claimed delivery is not claimed again: the time a killed server's delivery
+    /// waits. With several servers on one database keep it above the 10 s request timeout.
+    pub lease_ms: u64,
 }
 
 const ENQUEUE: &str = "
@@ -44,7 +48,7 @@ ins AS (INSERT INTO totp_server.deliveries (event_id, webhook_sid, next_attempt,
 UPDATE totp_server.cursor SET seen = GREATEST(seen, (SELECT max(n.date_created) FROM new n)) WHERE one";
 
 const CLAIM: &str = "
-UPDATE totp_server.deliveries d SET attempts = d.attempts + 1, next_attempt = now() + interval '60 seconds'
+UPDATE totp_server.deliveries d SET attempts = d.attempts + 1, next_attempt = now() + $1::text::interval
   FROM (SELECT q.event_id, q.webhook_sid FROM totp_server.deliveries q
          WHERE q.delivered_at IS NULL AND q.next_attempt <= now()
          ORDER BY q.next_attempt LIMIT 32 FOR UPDATE SKIP LOCKED) p,
@@ -104,7 +108,7 @@ pub fn spawn(app: App, settings: Settings) {
 
 async fn round(app: &App, http: &reqwest::Client, settings: &Settings) -> Result<usize, ApiError> {
     crate::db::query(app, ENQUEUE, &[]).await?;
-    let due = crate::db::query(app, CLAIM, &[]).await?;
+    let due = crate::db::query(app, CLAIM, &[&format!("{} milliseconds", settings.lease_ms)]).await?;
     let count = due.len();
     let mut sends = tokio::task::JoinSet::new();
     for row in due {
