@@ -786,3 +786,24 @@ def test_the_documented_grants_are_enough_for_the_server(server, db, tmp_path):
             conn.execute("ALTER SCHEMA totp_server OWNER TO postgres")
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_an_event_committed_after_a_later_one_is_still_delivered(server, db, receiver):
+    """The cursor passes an event whose transaction is still open; the overlap rescan finds it
+    once it commits."""
+    client = server.client()
+    svc = client.verify.v2.services.create(friendly_name="Late")
+    client.verify.v2.services(svc.sid).webhooks.create(friendly_name="all", webhook_url=receiver.url, event_types=["*"])
+    with connect(db, autocommit=False) as slow:
+        late = slow.execute("SELECT sid FROM totp.create_factor(%s, 'late-1', 'late')", (svc.sid,)).fetchone()["sid"]
+        early = client.verify.v2.services(svc.sid).entities("late-2").new_factors.create(
+            friendly_name="early", factor_type="totp")
+        receiver.wait_for(lambda: any(r["params"]["factor_sid"] == early.sid for r in receiver.delivered()),
+                          "the later event, committed first")
+        with connect(db) as conn:
+            seen = conn.execute("SELECT seen FROM totp_server.cursor").fetchone()["seen"]
+            made = conn.execute("SELECT date_created FROM totp.events WHERE factor_sid = %s", (early.sid,)).fetchone()
+        assert seen >= made["date_created"], "the cursor passed the open transaction's event"
+        slow.commit()
+    receiver.wait_for(lambda: any(r["params"]["factor_sid"] == late for r in receiver.delivered()),
+                      "the event committed late")

@@ -2,8 +2,9 @@
 //! signs (`X-Twilio-Signature`), retried with exponential backoff.
 //!
 //! Each round (every `TOTP_VERIFY_WEBHOOK_POLL_MS`, default 250 ms):
-//! 1. enqueue: events newer than the stored cursor minus an overlap (2 minutes, for
-//!    transactions that commit after a later one) become one `totp_server.deliveries` row per
+//! 1. enqueue: events newer than the stored cursor (every 40th round: minus an overlap of 2
+//!    minutes, for transactions that commit after a later one; so the overlap's rescan costs
+//!    once per 10 s at the default poll, not every round) become one `totp_server.deliveries` row per
 //!    enabled webhook of their service whose `event_types` take them (`*` = all), created no
 //!    later than the event; the (event, webhook) key makes a repeat a no-op;
 //! 2. claim due rows (`FOR UPDATE SKIP LOCKED`), leasing each (`TOTP_VERIFY_WEBHOOK_LEASE_MS`,
@@ -38,7 +39,7 @@ pub struct Settings {
 const ENQUEUE: &str = "
 WITH c AS (SELECT seen FROM totp_server.cursor WHERE one FOR UPDATE),
 new AS (SELECT e.id, e.type, e.service_sid, e.date_created FROM totp.events e, c
-         WHERE e.date_created > c.seen - interval '2 minutes'
+         WHERE e.date_created > c.seen - $1::text::interval
            AND EXISTS (SELECT 1 FROM totp_server.webhooks w WHERE w.status = 'enabled')),
 ins AS (INSERT INTO totp_server.deliveries (event_id, webhook_sid, next_attempt, enqueued_at)
         SELECT n.id, w.sid, now(), now() FROM new n JOIN totp_server.webhooks w
@@ -94,8 +95,9 @@ pub fn spawn(app: App, settings: Settings) {
                     eprintln!("totp-verify-server: pruning deliveries: {}", e.message);
                 }
             }
+            let overlap = rounds.is_multiple_of(40);
             rounds += 1;
-            match round(&app, &http, &settings).await {
+            match round(&app, &http, &settings, overlap).await {
                 // A full batch: there may be more due right away.
                 Ok(32) => continue,
                 Ok(_) => {}
@@ -106,8 +108,9 @@ pub fn spawn(app: App, settings: Settings) {
     });
 }
 
-async fn round(app: &App, http: &reqwest::Client, settings: &Settings) -> Result<usize, ApiError> {
-    crate::db::query(app, ENQUEUE, &[]).await?;
+async fn round(app: &App, http: &reqwest::Client, settings: &Settings, overlap: bool) -> Result<usize, ApiError> {
+    let overlap = if overlap { "2 minutes" } else { "0 seconds" };
+    crate::db::query(app, ENQUEUE, &[&overlap]).await?;
     let due = crate::db::query(app, CLAIM, &[&format!("{} milliseconds", settings.lease_ms)]).await?;
     let count = due.len();
     let mut sends = tokio::task::JoinSet::new();
