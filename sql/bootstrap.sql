@@ -58,6 +58,9 @@ CREATE TABLE totp_private.services (
     -- How long run_maintenance keeps the service's rows of totp.events. (Columns added after
     -- 0.1.0 come last, where ALTER TABLE ADD COLUMN puts them in an upgraded database.)
     event_retention              interval    NOT NULL DEFAULT '7 days' CHECK (event_retention > '0'),
+    -- The Twilio account (AC...) that created the service through totp-verify-server (0.4.0);
+    -- NULL for services created over SQL.
+    account_sid                  text        CHECK (account_sid ~ '^AC[0-9a-f]{32}$'),
     CHECK (challenge_ttl > '0' AND challenge_ttl <= max_challenge_ttl AND max_challenge_ttl <= '60 minutes')
 );
 
@@ -203,13 +206,15 @@ CREATE TABLE totp_private.events (
 -- would cost every approval a random B-tree insertion. Deliverers and run_maintenance read by
 -- date, whose index grows at its right edge; per-identity reads use it with the identity filter.
 CREATE INDEX events_date_created ON totp_private.events (date_created);
+-- totp-verify-server lists an account's services in creation order.
+CREATE INDEX services_account ON totp_private.services (account_sid, date_created, sid) WHERE account_sid IS NOT NULL;
 
 CREATE VIEW totp.services WITH (security_barrier) AS
 SELECT s.sid, s.friendly_name, s.totp_issuer, s.totp_time_step, s.totp_code_length, s.totp_skew,
        s.max_factor_attempts, s.max_challenge_attempts, s.max_challenges_per_hour,
        s.max_challenges_per_day, s.max_short_code_challenges_per_day, s.max_factors_per_entity,
        s.max_factor_creations_per_day, s.challenge_ttl, s.max_challenge_ttl,
-       s.unverified_factor_ttl, s.event_retention, s.date_created, s.date_updated
+       s.unverified_factor_ttl, s.event_retention, s.date_created, s.date_updated, s.account_sid
   FROM totp_private.services s, (SELECT) AS read_only;
 
 CREATE VIEW totp.entities WITH (security_barrier) AS

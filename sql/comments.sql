@@ -6,6 +6,7 @@ COMMENT ON SCHEMA totp_private IS 'totp_verify internals: every table, secrets a
 COMMENT ON VIEW totp.services IS 'Verify services (Twilio VA...): TOTP defaults for new factors, and limits (change them with update_service)';
 COMMENT ON COLUMN totp.services.sid IS 'Service SID: VA + 32 hex digits';
 COMMENT ON COLUMN totp.services.friendly_name IS 'Name of the service; the issuer shown in authenticator apps unless totp_issuer is set (1-64 characters)';
+COMMENT ON COLUMN totp.services.account_sid IS 'Twilio account (AC...) that owns the service in totp-verify-server; NULL for services created over SQL';
 COMMENT ON COLUMN totp.services.totp_issuer IS 'Issuer shown in authenticator apps; NULL means friendly_name';
 COMMENT ON COLUMN totp.services.totp_time_step IS 'Default time step in seconds for new factors (20-60); NULL means 30';
 COMMENT ON COLUMN totp.services.totp_code_length IS 'Default code length for new factors (3-8); NULL means 6';

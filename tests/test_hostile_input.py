@@ -57,7 +57,8 @@ ALLOWED = {"22023", "P0002", "23505", "54000", "55000", "42501"}
 TRIGGERS = {"forget_entity", "require_approval"}
 SIGNATURES = {
     "create_service": [("friendly_name", "text"), ("issuer", "text"), ("time_step", "integer"),
-                       ("code_length", "integer"), ("skew", "integer"), ("sid", "text")],
+                       ("code_length", "integer"), ("skew", "integer"), ("sid", "text"),
+                       ("account_sid", "text")],
     "update_service": [("sid", "text"), ("friendly_name", "text"), ("issuer", "text"),
                        ("time_step", "integer"), ("code_length", "integer"), ("skew", "integer"),
                        ("max_factor_attempts", "integer"), ("max_challenge_attempts", "integer"),
@@ -103,7 +104,7 @@ SIGNATURES = {
 }
 
 # How many trailing arguments have a DEFAULT (and may be left out of a call).
-DEFAULTS = {"create_service": 5, "update_service": 16, "create_factor": 7, "update_factor": 6,
+DEFAULTS = {"create_service": 6, "update_service": 16, "create_factor": 7, "update_factor": 6,
             "create_challenge": 4, "update_challenge": 1, "hotp_code": 2, "totp_code": 4,
             "generate_secret": 1, "otpauth_uri": 4, "rotate_key": 1}
 
@@ -480,7 +481,7 @@ def baseline(world, fn):
     now = dt.datetime.now(dt.timezone.utc)
     return {
         "create_service": {"friendly_name": "Hostile Co", "issuer": None, "time_step": None,
-                           "code_length": None, "skew": None, "sid": None},
+                           "code_length": None, "skew": None, "sid": None, "account_sid": None},
         # A service of its own: the limits and lifetimes it is given must not starve the
         # world's service (reset_tuned_service puts them back).
         "update_service": {"sid": w.tuned_service_sid, "friendly_name": None, "issuer": None,
@@ -1147,7 +1148,7 @@ def test_bad_literal_casts(world, expr, sqlstate):
 @pytest.mark.parametrize("expr", [
     "totp.create_service(1)",
     "totp.create_service()",
-    "totp.create_service('a', 'b', 30, 6, 1, NULL, 'extra')",
+    "totp.create_service('a', 'b', 30, 6, 1, NULL, NULL, 'extra')",
     "totp.create_service(friendly_name => 'x', bogus => 1)",
     "totp.hotp_code('abc'::text, 1)",
     "totp.hotp_code('\\x00'::bytea, 1.5)",

@@ -109,6 +109,16 @@ pub fn auth_payload(payload: &str) -> Checked<()> {
     Ok(())
 }
 
+/// A Twilio account SID, as totp-verify-server stores it on its services: `AC` + 32 lower-case
+/// hex digits.
+pub fn account_sid(sid: &str) -> Checked<()> {
+    let hex = sid.strip_prefix("AC").unwrap_or("");
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(Invalid::new("account_sid", "must be AC followed by 32 lower-case hex digits"));
+    }
+    Ok(())
+}
+
 /// A caller-supplied secret: base32 of 128 bits or more.
 pub fn secret(text: &str) -> Checked<Vec<u8>> {
     let bytes = crate::base32::decode(text).map_err(|e| Invalid::new("secret", format!("is not base32: {e}")))?;
@@ -135,6 +145,20 @@ pub fn json_object(field: &'static str, is_object: bool, text_len: usize) -> Che
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_sids() {
+        assert!(account_sid(&format!("AC{}", "0123456789abcdef".repeat(2))).is_ok());
+        for bad in [
+            "",
+            "AC",
+            &format!("AC{}", "A".repeat(32)),
+            &format!("VA{}", "a".repeat(32)),
+            &format!("AC{}", "a".repeat(33)),
+        ] {
+            assert!(account_sid(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn identities() {

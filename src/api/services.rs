@@ -31,18 +31,18 @@ fn check_settings(
 // A caller-supplied SID may be taken: nothing is inserted then, and create_service compares.
 static INSERT: Sql = Sql {
     text: "INSERT INTO totp_private.services AS s (sid, friendly_name, totp_issuer, totp_time_step, \
-             totp_code_length, totp_skew, date_created, date_updated) \
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (sid) DO NOTHING RETURNING s.sid",
-    params: &[TEXT, TEXT, TEXT, INT4, INT4, INT4, TIMESTAMPTZ],
+             totp_code_length, totp_skew, account_sid, date_created, date_updated) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (sid) DO NOTHING RETURNING s.sid",
+    params: &[TEXT, TEXT, TEXT, INT4, INT4, INT4, TEXT, TIMESTAMPTZ],
 };
 
-// Whether an existing service has the settings create_service was given ($2..$6; NULL for unset).
+// Whether an existing service has the settings create_service was given ($2..$7; NULL for unset).
 static SAME_SETTINGS: Sql = Sql {
     text: "SELECT s.friendly_name = $2, s.totp_issuer IS NOT DISTINCT FROM $3, \
              s.totp_time_step IS NOT DISTINCT FROM $4, s.totp_code_length IS NOT DISTINCT FROM $5, \
-             s.totp_skew IS NOT DISTINCT FROM $6 \
+             s.totp_skew IS NOT DISTINCT FROM $6, s.account_sid IS NOT DISTINCT FROM $7 \
            FROM totp_private.services s WHERE s.sid = $1",
-    params: &[TEXT, TEXT, TEXT, INT4, INT4, INT4],
+    params: &[TEXT, TEXT, TEXT, INT4, INT4, INT4, TEXT],
 };
 
 // Named columns, never a whole-row reference (`SELECT s`), which Citus cannot cast from a
@@ -52,7 +52,7 @@ static SELECT_ROW: Sql = Sql {
              s.max_factor_attempts, s.max_challenge_attempts, s.max_challenges_per_hour, \
              s.max_challenges_per_day, s.max_short_code_challenges_per_day, s.max_factors_per_entity, \
              s.max_factor_creations_per_day, s.challenge_ttl, s.max_challenge_ttl, \
-             s.unverified_factor_ttl, s.event_retention, s.date_created, s.date_updated)::totp.services \
+             s.unverified_factor_ttl, s.event_retention, s.date_created, s.date_updated, s.account_sid)::totp.services \
            FROM totp.services s WHERE s.sid = $1",
     params: &[TEXT],
 };
@@ -76,7 +76,9 @@ fn differing_settings(
         return Ok(None);
     };
     let mut differs = Vec::new();
-    for (ordinal, field) in ["friendly_name", "issuer", "time_step", "code_length", "skew"].into_iter().enumerate() {
+    for (ordinal, field) in
+        ["friendly_name", "issuer", "time_step", "code_length", "skew", "account_sid"].into_iter().enumerate()
+    {
         if !db::req::<bool>(&same, ordinal + 1)? {
             differs.push(field);
         }
@@ -87,7 +89,8 @@ fn differing_settings(
 /// Creates a service. Unset TOTP settings stay NULL and mean Twilio's defaults (30 s, 6, 1).
 /// With `sid` (VA...), the caller names it, so that nodes can create the same service: a SID
 /// that exists with the same settings returns that service unchanged; with other settings it is
-/// 23505.
+/// 23505. `account_sid` (AC...) names the Twilio account that owns the service in
+/// totp-verify-server; services created over SQL leave it NULL.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn create_service(
@@ -97,7 +100,11 @@ fn create_service(
     code_length: default!(Option<i32>, "NULL"),
     skew: default!(Option<i32>, "NULL"),
     sid: default!(Option<&str>, "NULL"),
+    account_sid: default!(Option<&str>, "NULL"),
 ) -> Result<pgrx::composite_type!('static, "totp.services"), ErrorReport> {
+    if let Some(account) = account_sid {
+        validate::account_sid(account).map_err(TotpError::invalid_service)?;
+    }
     let friendly_name =
         friendly_name.ok_or_else(|| TotpError::invalid_service(Invalid::new("friendly_name", "is required")))?;
     validate::friendly_name("friendly_name", friendly_name).map_err(TotpError::invalid_service)?;
@@ -108,10 +115,19 @@ fn create_service(
     };
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<ServiceRow> {
-        let settings =
-            || [arg(sid.as_str()), arg(friendly_name), arg(issuer), arg(time_step), arg(code_length), arg(skew)];
-        let [a1, a2, a3, a4, a5, a6] = settings();
-        if db::exec(client, &INSERT, &[a1, a2, a3, a4, a5, a6, arg(now.timestamptz())])?.is_empty() {
+        let settings = || {
+            [
+                arg(sid.as_str()),
+                arg(friendly_name),
+                arg(issuer),
+                arg(time_step),
+                arg(code_length),
+                arg(skew),
+                arg(account_sid),
+            ]
+        };
+        let [a1, a2, a3, a4, a5, a6, a7] = settings();
+        if db::exec(client, &INSERT, &[a1, a2, a3, a4, a5, a6, a7, arg(now.timestamptz())])?.is_empty() {
             // The SID exists (or a concurrent call just committed it): the same call again gets the
             // same service; anything else is a conflict.
             match differing_settings(client, &settings())? {
