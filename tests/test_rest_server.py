@@ -5,7 +5,7 @@ TOTP_VERIFY_SERVER_BIN) against this module's database, on a free port, and stop
 The SDK is pointed at it the way SPEC §10 says: `client.verify.base_url = "http://HOST:PORT"`
 (twilio 9.13: `Client.verify` is a `twilio.base.domain.Domain` whose `base_url` attribute every
 request URL is built from, `Domain.absolute_url`). Response bodies are also fetched raw and
-validated against the schemas of Twilio's OpenAPI description (reference/twilio_verify_v2.openapi.json).
+validated against the schemas of Twilio's OpenAPI description (tests/openapi/twilio_verify_v2.openapi.json, MIT).
 """
 
 import http.server
@@ -31,8 +31,7 @@ from twilio.rest import Client
 from conftest import connect, refused, wait_inside_step
 
 ROOT = Path(__file__).resolve().parent.parent
-OPENAPI = Path(os.environ.get("TOTP_VERIFY_OPENAPI",
-                              ROOT.parent / "shared" / "reference" / "twilio_verify_v2.openapi.json"))
+OPENAPI = Path(os.environ.get("TOTP_VERIFY_OPENAPI", ROOT / "tests" / "openapi" / "twilio_verify_v2.openapi.json"))
 SERVER_BIN = os.environ.get("TOTP_VERIFY_SERVER_BIN") or str(
     Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "totp-verify-server")
 

@@ -844,6 +844,10 @@ def test_a_rotation_killed_mid_way_leaves_every_secret_readable(crashable):
     enrolling = connect_to(host, port, autocommit=False)
     new_factor(enrolling, svc, "crash-open")
     rotation = Background(None, "SELECT * FROM totp.rotate_key()", conn=connect_to(host, port))
+    # A session from before the crash: the postmaster ends it once it has begun the crash restart,
+    # and only from then on do new connections wait for recovery (before that they still reach
+    # the old, about-to-be-reset server).
+    sentinel = connect_to(host, port)
     with connect_to(host, port) as watcher:
         wait_until_waiting_on_lock(watcher, rotation.pid)
         prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
@@ -852,6 +856,14 @@ def test_a_rotation_killed_mid_way_leaves_every_secret_readable(crashable):
     assert rotation.error is not None
     enrolling.close()
     deadline = time.monotonic() + 60
+    while True:  # the crash restart has begun once the sentinel session is gone
+        try:
+            sentinel.execute("SELECT 1")
+        except psycopg.OperationalError:
+            break
+        assert time.monotonic() < deadline, "the server did not restart after the crash"
+        time.sleep(0.05)
+    sentinel.close()
     while True:  # crash recovery: wait until the server accepts connections again
         try:
             with connect_to(host, port) as c:
