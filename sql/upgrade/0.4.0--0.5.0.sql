@@ -1,0 +1,1 @@
+-- totp_verify 0.4.0 -> 0.5.0. Keeps every row; see README "Upgrading".
