@@ -184,8 +184,9 @@ CREATE TABLE totp_private.keyring (
 CREATE TABLE totp_private.keys (
     key_id                       bigint      NOT NULL PRIMARY KEY,
     -- current: seals new secrets; previous: still in the key file for secrets not yet re-sealed;
-    -- retired: removed from the key file once no secret used it.
-    state                        text        NOT NULL CHECK (state IN ('current', 'previous', 'retired')),
+    -- retired: removed from the key file once no secret used it; added: put in the key file by
+    -- add_key() and waiting to become current (a rotation in stages, as on Citus).
+    state                        text        NOT NULL CHECK (state IN ('current', 'previous', 'retired', 'added')),
     date_created                 timestamptz NOT NULL
 );
 

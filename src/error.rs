@@ -48,6 +48,12 @@ pub enum TotpError {
     SecretUndecryptable { key_id: i64 },
     /// Key management is for superusers, whatever EXECUTE grants say.
     SuperuserRequired { what: &'static str },
+    /// On Citus a rotation must name a key that `add_key()` put in every node's key file first.
+    RotationNeedsAddedKey,
+    /// `rotate_key(key_id => …)` on Citus: some workers' key files lack the key.
+    KeyNotOnEveryNode { key_id: i64, nodes: String },
+    /// `rotate_key(key_id => …)` names a key that is not an added, not yet current key of the file.
+    KeyNotAdded { key_id: i64, state: Option<String> },
     /// Key changes wait for enrolments and must then see what they committed: READ COMMITTED.
     KeyChangeIsolation { what: &'static str },
     /// The factor used the wrong codes its budget allows in a window, counted in shared memory so
@@ -106,6 +112,9 @@ impl TotpError {
             | TotpError::SecretUndecryptable { .. }
             | TotpError::SuperuserRequired { .. }
             | TotpError::KeyChangeIsolation { .. }
+            | TotpError::RotationNeedsAddedKey
+            | TotpError::KeyNotOnEveryNode { .. }
+            | TotpError::KeyNotAdded { .. }
             | TotpError::GuessSlotsFull
             | TotpError::GuessLimitsNotLoaded
             | TotpError::Internal(_) => return None,
@@ -134,7 +143,10 @@ impl TotpError {
             TotpError::FactorUnverified | TotpError::ChallengeResponded { .. } | TotpError::ChallengeExpired => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
-            TotpError::KeyFileUnavailable { .. } => ERRCODE_UNDEFINED_FILE,
+            TotpError::KeyFileUnavailable { .. } | TotpError::KeyNotOnEveryNode { .. } => ERRCODE_UNDEFINED_FILE,
+            TotpError::RotationNeedsAddedKey | TotpError::KeyNotAdded { .. } => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             TotpError::SecretUndecryptable { .. } => ERRCODE_DATA_CORRUPTED,
             TotpError::SuperuserRequired { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             TotpError::Internal(_) => ERRCODE_INTERNAL_ERROR,
@@ -161,6 +173,9 @@ impl TotpError {
             TotpError::SecretUndecryptable { .. } => "factor secret cannot be decrypted".into(),
             TotpError::SuperuserRequired { what } => format!("must be superuser to {what}"),
             TotpError::KeyChangeIsolation { what } => format!("must {what} at READ COMMITTED isolation"),
+            TotpError::RotationNeedsAddedKey => "a distributed rotation needs a key added first".into(),
+            TotpError::KeyNotOnEveryNode { .. } => "the new key is not in every node's key file".into(),
+            TotpError::KeyNotAdded { .. } => "no such added key".into(),
             TotpError::GuessesExhausted { twilio: 60310, .. } => "factor verification attempts limit reached".into(),
             TotpError::GuessesExhausted { .. } => "verification attempts limit reached for this factor".into(),
             TotpError::GuessSlotsFull => "totp_verify.guess_slots exhausted".into(),
@@ -208,6 +223,18 @@ impl TotpError {
                  does not hold or which does not match this row."
             )),
             TotpError::SuperuserRequired { .. } => None,
+            TotpError::RotationNeedsAddedKey => Some(
+                "On Citus every node must hold the new key before it seals anything: SELECT totp.add_key(), copy the \
+                 coordinator's key file to every node, then SELECT * FROM totp.rotate_key(key_id => <that id>)."
+                    .into(),
+            ),
+            TotpError::KeyNotOnEveryNode { key_id, nodes } => {
+                Some(format!("Key {key_id} is missing from the key file of: {nodes}."))
+            }
+            TotpError::KeyNotAdded { key_id, state } => Some(match state {
+                Some(state) => format!("Key {key_id} is {state}, not added (waiting to become current)."),
+                None => format!("Key {key_id} was not added by totp.add_key() in this database."),
+            }),
             TotpError::KeyChangeIsolation { .. } => {
                 Some("It waits for enrolments in flight and must then see the secrets they committed.".into())
             }

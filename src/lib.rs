@@ -10,7 +10,8 @@
 //! - [`db`], [`clock`], [`guc`], [`jsonb`]: SPI plumbing, the one clock reading per call,
 //!   settings, and exact `jsonb` arguments.
 //! - `sql/`: the schema (`bootstrap.sql`), trigger functions (`triggers.sql`), the shipped grant
-//!   sets (`grants.sql`), privileges (`finalize.sql`), and `COMMENT`s (`comments.sql`).
+//!   sets (`grants.sql`), Citus distribution (`distribute.sql`), privileges (`finalize.sql`), and
+//!   `COMMENT`s (`comments.sql`).
 
 // SQL-facing functions return `Result<_, ErrorReport>` because that is how pgrx raises an ERROR
 // with our SQLSTATE; the report is large, but it is built once, on the way out.
@@ -36,6 +37,7 @@ extension_sql_file!(
     requires = [has_recent_approval, has_recent_approval_from_aged_factor, forget_identity]
 );
 extension_sql_file!("../sql/grants.sql", name = "grants", requires = ["triggers"]);
+extension_sql_file!("../sql/distribute.sql", name = "distribute", requires = ["grants"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 extension_sql_file!("../sql/comments.sql", name = "comments", requires = ["finalize"]);
 

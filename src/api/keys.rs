@@ -45,12 +45,23 @@ static DEMOTE: Sql = Sql {
     params: &[INT8],
 };
 
-// Keyset order, so that a row that cannot be re-sealed is passed once, not fetched forever.
-static BATCH: Sql = Sql {
-    text: "SELECT identity, factor_sid, key_id, sealed FROM totp_private.factor_secrets \
+// Keyset order, so that a row that cannot be re-sealed is passed once, not fetched forever. No
+// lock here: Citus cannot lock rows of a query over many shards ("could not run distributed query
+// with FOR UPDATE/SHARE"), so each candidate is then locked by its own key (LOCK_ONE), a query on
+// one identity that any node routes to the shard holding it.
+static CANDIDATES: Sql = Sql {
+    text: "SELECT identity, factor_sid FROM totp_private.factor_secrets \
            WHERE key_id <> $1 AND (identity, factor_sid) > ($3, $4) \
-           ORDER BY identity, factor_sid LIMIT $2 FOR UPDATE SKIP LOCKED",
+           ORDER BY identity, factor_sid LIMIT $2",
     params: &[INT8, INT4, TEXT, TEXT],
+};
+
+// SKIP LOCKED: a row another transaction holds (an enrolment re-sealing, a delete) is left for the
+// late sweep or the next rotation rather than waited for; a row already re-sealed is skipped.
+static LOCK_ONE: Sql = Sql {
+    text: "SELECT key_id, sealed FROM totp_private.factor_secrets \
+           WHERE identity = $1 AND factor_sid = $2 AND key_id <> $3 FOR UPDATE SKIP LOCKED",
+    params: &[TEXT, TEXT, INT8],
 };
 
 static RESEAL: Sql = Sql {
@@ -58,6 +69,33 @@ static RESEAL: Sql = Sql {
            WHERE identity = $1 AND factor_sid = $2",
     params: &[TEXT, TEXT, INT8, BYTEA],
 };
+
+static ADDED: Sql = Sql { text: "SELECT key_id FROM totp_private.keys WHERE state = 'added'", params: &[] };
+
+static KEY_STATE: Sql = Sql { text: "SELECT state FROM totp_private.keys WHERE key_id = $1", params: &[INT8] };
+
+// Whether the key bookkeeping is a Citus reference table (totp.distribute() ran). Asked only where
+// Citus is installed: pg_dist_partition does not exist elsewhere.
+static CITUS_INSTALLED: Sql =
+    Sql { text: "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')", params: &[] };
+static DISTRIBUTED: Sql = Sql {
+    text: "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition \
+           WHERE logicalrelid = 'totp_private.keys'::pg_catalog.regclass)",
+    params: &[],
+};
+
+// The workers whose key file lacks the key, or that could not say.
+static WORKERS_WITHOUT_KEY: Sql = Sql {
+    text: "SELECT w.nodename || ':' || w.nodeport FROM pg_catalog.run_command_on_workers(\
+           pg_catalog.format('SELECT %s = ANY (totp.key_file_ids())', $1::pg_catalog.int8)) w \
+           WHERE NOT w.success OR w.result <> 't' ORDER BY 1",
+    params: &[INT8],
+};
+
+fn distributed(client: &mut SpiClient<'_>) -> TotpResult<bool> {
+    let citus: bool = db::req(&db::exec(client, &CITUS_INSTALLED, &[])?.first(), 1)?;
+    Ok(citus && db::req::<bool>(&db::exec(client, &DISTRIBUTED, &[])?.first(), 1)?)
+}
 
 /// Key files decide which key material seals every secret: only superusers may change them,
 /// whatever EXECUTE has been granted (for instance by `GRANT EXECUTE ON ALL FUNCTIONS`). Key
@@ -82,10 +120,12 @@ fn retire_unused(client: &mut SpiClient<'_>, path: &Path) -> TotpResult<Vec<i64>
     let keys = keyring::keys_in(path)?;
     // Before any secret is sealed there is no current row; the file's last key is kept then.
     let current = keyring::current_id(client)?.or_else(|| keys.last().map(|(id, _)| *id));
+    // A key added for a staged rotation is waiting to become current, not unused.
+    let added: Vec<i64> = db::exec(client, &ADDED, &[])?.map(|row| db::req_at(&row, 1)).collect::<TotpResult<_>>()?;
     let mut kept = Vec::new();
     let mut retired = Vec::new();
     for (id, key) in keys {
-        if Some(id) == current {
+        if Some(id) == current || added.contains(&id) {
             kept.push((id, key));
             continue;
         }
@@ -126,17 +166,19 @@ fn reseal_all(new_id: i64, new_key: &keyfile::Key, batch_size: i32) -> TotpResul
     loop {
         // One SPI connection per batch bounds memory however many secrets there are.
         let fetched = Spi::connect_mut(|client| -> TotpResult<usize> {
-            let rows: Vec<(String, String, i64, Vec<u8>)> = db::exec(
+            let rows: Vec<(String, String)> = db::exec(
                 client,
-                &BATCH,
+                &CANDIDATES,
                 &[arg(new_id), arg(batch_size), arg(after.0.as_str()), arg(after.1.as_str())],
             )?
-            .map(|row| -> TotpResult<_> {
-                Ok((db::req_at(&row, 1)?, db::req_at(&row, 2)?, db::req_at(&row, 3)?, db::req_at(&row, 4)?))
-            })
+            .map(|row| -> TotpResult<_> { Ok((db::req_at(&row, 1)?, db::req_at(&row, 2)?)) })
             .collect::<TotpResult<_>>()?;
-            for (identity, factor_sid, key_id, old) in &rows {
-                let secret = match keyring::open(client, factor_sid, *key_id, old) {
+            for (identity, factor_sid) in &rows {
+                let locked =
+                    db::exec(client, &LOCK_ONE, &[arg(identity.as_str()), arg(factor_sid.as_str()), arg(new_id)])?;
+                let Some(row) = db::first(locked) else { continue };
+                let (key_id, old): (i64, Vec<u8>) = (db::req(&row, 1)?, db::req(&row, 2)?);
+                let secret = match keyring::open(client, factor_sid, key_id, &old) {
                     Ok(secret) => secret,
                     Err(TotpError::SecretUndecryptable { .. }) => {
                         unreadable += 1;
@@ -148,8 +190,8 @@ fn reseal_all(new_id: i64, new_key: &keyfile::Key, batch_size: i32) -> TotpResul
                 db::exec(client, &RESEAL, &[arg(identity.as_str()), arg(factor_sid.as_str()), arg(new_id), arg(new)])?;
                 resealed += 1;
             }
-            if let Some((identity, factor_sid, _, _)) = rows.last() {
-                after = (identity.clone(), factor_sid.clone());
+            if let Some(last) = rows.last() {
+                after = last.clone();
             }
             Ok(rows.len())
         })?;
@@ -161,12 +203,15 @@ fn reseal_all(new_id: i64, new_key: &keyfile::Key, batch_size: i32) -> TotpResul
 
 /// Makes a new key current and re-seals every secret under it, `batch_size` rows at a time;
 /// returns the new key's id, how many secrets were re-sealed, how many could not be opened
-/// (left as they are), and the keys retired first.
+/// (left as they are), and the keys retired first. With `key_id`, the new key is one that
+/// `add_key()` put in the key file beforehand: on Citus it must be, and every worker's key file
+/// must hold it, so that no node is asked to open or seal under a key it does not have.
 #[allow(clippy::type_complexity)] // pgrx reads the column names from this very signature
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn rotate_key(
     batch_size: default!(i32, 1000),
+    key_id: default!(Option<i64>, "NULL"),
 ) -> Result<
     TableIterator<
         'static,
@@ -183,11 +228,36 @@ fn rotate_key(
     let (new_id, new_key, retired) = Spi::connect_mut(|client| -> TotpResult<_> {
         let path = keyring::lock_for_change(client)?;
         keyring::current_for_sealing(client)?; // makes the first key if this database has none yet
+        if distributed(client)? {
+            let Some(id) = key_id else { return Err(TotpError::RotationNeedsAddedKey) };
+            let lacking: Vec<String> = db::exec(client, &WORKERS_WITHOUT_KEY, &[arg(id)])?
+                .map(|row| db::req_at(&row, 1))
+                .collect::<TotpResult<_>>()?;
+            if !lacking.is_empty() {
+                return Err(TotpError::KeyNotOnEveryNode { key_id: id, nodes: lacking.join(", ") });
+            }
+        }
         let retired = retire_unused(client, &path)?;
         let mut keys = keyring::keys_in(&path)?;
-        let (new_id, new_key) = keyfile::generate();
-        keys.push((new_id, new_key.clone()));
-        keyring::stage(&path, keys);
+        let (new_id, new_key) = match key_id {
+            Some(id) => {
+                let key = keys.iter().find(|(k, _)| *k == id).map(|(_, key)| key.clone());
+                let state: Option<String> =
+                    db::first(db::exec(client, &KEY_STATE, &[arg(id)])?).map(|row| db::req(&row, 1)).transpose()?;
+                match (key, state.as_deref()) {
+                    // Added by add_key(), written into the file by an administrator, or a
+                    // previous key made current again: the file holds it, so every node may.
+                    (Some(key), None | Some("added" | "previous")) => (id, key),
+                    (_, state) => return Err(TotpError::KeyNotAdded { key_id: id, state: state.map(str::to_owned) }),
+                }
+            }
+            None => {
+                let (id, key) = keyfile::generate();
+                keys.push((id, key.clone()));
+                keyring::stage(&path, keys);
+                (id, key)
+            }
+        };
         db::exec(client, &MARK, &[arg(new_id), arg("current")])?;
         db::exec(client, &DEMOTE, &[arg(new_id)])?;
         Ok((new_id, new_key, retired))
@@ -201,4 +271,34 @@ fn rotate_key(
     let (late, unreadable) = reseal_all(new_id, &new_key, batch_size)?;
     let resealed = resealed + late;
     Ok(TableIterator::once((new_id, resealed, unreadable, retired)))
+}
+
+/// Adds a new key to the key file (at commit) without making it current, for a rotation in
+/// stages: copy the file to every node, then `rotate_key(key_id => …)`. Returns its id.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn add_key() -> Result<i64, ErrorReport> {
+    require_key_manager("add keys")?;
+    Ok(Spi::connect_mut(|client| -> TotpResult<i64> {
+        let path = keyring::lock_for_change(client)?;
+        keyring::current_for_sealing(client)?; // the first key comes first
+        let mut keys = keyring::keys_in(&path)?;
+        let (id, key) = keyfile::generate();
+        keys.push((id, key));
+        keyring::stage(&path, keys);
+        db::exec(client, &MARK, &[arg(id), arg("added")])?;
+        Ok(id)
+    })?)
+}
+
+/// The ids of the keys in this database's key file (never the keys), oldest first: what
+/// `totp.distribute()` and a staged rotation compare across nodes.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn key_file_ids() -> Result<Vec<i64>, ErrorReport> {
+    require_key_manager("read key ids")?;
+    Ok(Spi::connect_mut(|client| -> TotpResult<Vec<i64>> {
+        let path = keyring::key_file_path(client)?;
+        Ok(keyring::keys_in(&path)?.into_iter().map(|(id, _)| id).collect())
+    })?)
 }
