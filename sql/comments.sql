@@ -131,6 +131,7 @@ BEGIN
             ('grant_verification', 'Grant a role what verification needs: create/update challenges and has_recent_approval'),
             ('rotate_key', 'Make a new sealing key (or one added by add_key, key_id) current and re-seal every secret under it'),
             ('add_key', 'Add a new key to the key file without making it current (a rotation in stages, as on Citus)'),
+            ('make_key_current', 'Make a key of this node''s key file current here (what rotate_key runs on each Citus worker)'),
             ('key_file_ids', 'The ids of the keys in this database''s key file (never the keys)'),
             ('distribute', 'Citus: make services and keys reference tables, distribute every per-user table by identity, delegate identity-scoped functions; rerun after adding nodes'),
             ('undistribute', 'Citus: turn the tables back into local tables and stop delegating (before DROP EXTENSION)'),

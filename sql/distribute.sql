@@ -66,11 +66,48 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- Services and the key bookkeeping are read by every call on every node: reference tables.
-    -- The switch keeps Citus from converting the per-user tables, which reference services, to
-    -- Citus local tables on the way.
+    -- Grants on the extension's own objects made before they were distributed (the grant sets,
+    -- or by hand), or before a node was added, do not all reach the workers (USAGE on the schemas
+    -- never does): replay every one there. First, before this transaction holds any lock on a
+    -- worker: run_command_on_workers uses connections of its own, which would wait for them.
+    FOR holder IN
+        SELECT g.command FROM (
+            SELECT pg_catalog.format('GRANT %s ON SCHEMA %I TO %s', a.privilege_type, n.nspname, a.grantee::regrole) AS command
+              FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+             WHERE n.nspname IN ('totp', 'totp_private') AND a.grantee <> 0 AND a.grantee <> n.nspowner
+            UNION ALL
+            SELECT pg_catalog.format('GRANT %s ON %s TO %s', a.privilege_type, c.oid::regclass, a.grantee::regrole)
+              FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+             WHERE c.relnamespace IN ('totp'::regnamespace, 'totp_private'::regnamespace) AND c.relkind IN ('r', 'v')
+               AND a.grantee <> 0 AND a.grantee <> c.relowner
+            UNION ALL
+            SELECT pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s', p.oid::regprocedure, a.grantee::regrole)
+              FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+             WHERE p.pronamespace = 'totp'::regnamespace AND a.privilege_type = 'EXECUTE'
+               AND a.grantee <> 0 AND a.grantee <> p.proowner) g
+         ORDER BY 1
+    LOOP
+        -- A worker refuses DDL on a distributed object unless told it is not to be propagated.
+        FOR node IN EXECUTE 'SELECT nodename, nodeport, result FROM pg_catalog.run_command_on_workers($1) WHERE NOT success'
+            USING 'SET citus.enable_ddl_propagation = off; ' || holder.command
+        LOOP
+            RAISE EXCEPTION 'worker %:% refused a grant', node.nodename, node.nodeport USING ERRCODE = '55000',
+                DETAIL = pg_catalog.format('%s: %s', holder.command, node.result);
+        END LOOP;
+    END LOOP;
+    object := 'grants'; action := 'replayed on every worker'; RETURN NEXT;
+
+    -- Services are read by every call on every node: a reference table. The switch keeps Citus
+    -- from converting the per-user tables, which reference services, to Citus local tables on the
+    -- way. The key bookkeeping (totp_private.keys) stays each node's own: an enrolment locks its
+    -- key's row until it commits, and a row lock on a reference table is a cluster-wide lock that
+    -- deadlocks one transaction enrolling identities on two workers. rotate_key() keeps the nodes
+    -- in step instead.
     PERFORM pg_catalog.set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
-    FOREACH tbl IN ARRAY ARRAY['totp_private.services', 'totp_private.keys'] LOOP
+    -- DDL on the reference tables after DDL on the distributed ones that reference them (the
+    -- grants below) needs one connection per node.
+    PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    FOREACH tbl IN ARRAY ARRAY['totp_private.services'] LOOP
         IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = tbl::regclass) THEN
             object := tbl; action := 'reference table already'; RETURN NEXT;
         ELSE
@@ -84,9 +121,16 @@ BEGIN
         IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = tbl::regclass) THEN
             object := tbl; action := 'distributed already'; RETURN NEXT;
         ELSE
-            EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''identity'', shard_count => $2, colocate_with => $3)'
-                USING tbl::regclass, shard_count, CASE WHEN tbl = colocation THEN 'none' ELSE colocation END;
-            object := tbl; action := pg_catalog.format('distributed by identity (%s shards)', shard_count); RETURN NEXT;
+            IF tbl = colocation THEN
+                EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''identity'', shard_count => $2, colocate_with => ''none'')'
+                    USING tbl::regclass, shard_count;
+                action := pg_catalog.format('distributed by identity (%s shards)', shard_count);
+            ELSE
+                EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''identity'', colocate_with => $2)'
+                    USING tbl::regclass, colocation;
+                action := 'distributed by identity, colocated with ' || colocation;
+            END IF;
+            object := tbl; RETURN NEXT;
         END IF;
     END LOOP;
 
@@ -116,8 +160,7 @@ BEGIN
 
     -- Citus runs a query's shard tasks with the caller's own rights on the worker, so a role that
     -- reads a view needs SELECT on the table behind it (never factor_secrets) and USAGE on
-    -- totp_private. Replayed for every role that reads a view now; GRANT on a distributed or
-    -- reference table reaches its shards on every node.
+    -- totp_private. GRANT on a distributed or reference table reaches its shards on every node.
     FOR holder IN
         SELECT DISTINCT a.grantee::regrole AS role, v.relname AS view
           FROM pg_catalog.pg_class v, pg_catalog.aclexplode(v.relacl) a
@@ -138,6 +181,10 @@ CREATE FUNCTION totp.undistribute()
 RETURNS TABLE (object text, action text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    -- Parents before children (foreign keys), as rows are written back.
+    tables CONSTANT text[] := ARRAY['services', 'entities', 'factors', 'factor_secrets', 'challenges', 'events'];
+    moved text[] := '{}';
+    name text;
     fn regprocedure;
     tbl regclass;
 BEGIN
@@ -147,27 +194,54 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
         RAISE EXCEPTION 'Citus is not installed in this database' USING ERRCODE = '55000';
     END IF;
-    -- Delegation first: a delegated function must not outlive its colocation group.
+    -- Dropping shards of tables that reference the reference tables needs one connection per node.
+    PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    -- Delegation first: a delegated function must not outlive its colocation group. Citus has no
+    -- call that undoes create_distributed_function for an extension's function, so its metadata
+    -- row goes, on every node (the function stays, as every member of the extension does).
     FOR fn IN
         SELECT o.objid::regprocedure FROM pg_catalog.pg_dist_object o, pg_catalog.pg_proc p
          WHERE o.classid = 'pg_catalog.pg_proc'::regclass AND o.objid = p.oid
            AND p.pronamespace = 'totp'::regnamespace AND o.distribution_argument_index IS NOT NULL
          ORDER BY 1
     LOOP
-        EXECUTE 'SELECT pg_catalog.create_distributed_function($1)' USING fn;
+        PERFORM 1 FROM pg_catalog.run_command_on_workers(pg_catalog.format(
+            'DELETE FROM pg_catalog.pg_dist_object WHERE classid = %L::regclass AND objid = %L::regprocedure',
+            'pg_catalog.pg_proc', fn::text)) w
+         WHERE NOT w.success;
+        IF FOUND THEN
+            RAISE EXCEPTION 'a worker could not stop delegating %', fn USING ERRCODE = '55000';
+        END IF;
+        DELETE FROM pg_catalog.pg_dist_object WHERE classid = 'pg_catalog.pg_proc'::regclass AND objid = fn::oid;
         object := fn::text; action := 'no longer delegated'; RETURN NEXT;
     END LOOP;
     ALTER FUNCTION totp.delete_service(text) RESET citus.multi_shard_modify_mode;
-    -- Back to local tables, rows and all; cascading through the foreign keys takes the whole graph.
-    FOR tbl IN
-        SELECT d.logicalrelid FROM pg_catalog.pg_dist_partition d, pg_catalog.pg_class c
-         WHERE d.logicalrelid = c.oid AND c.relnamespace = 'totp_private'::regnamespace
-         ORDER BY d.partmethod, c.relname
-    LOOP
-        IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = tbl) THEN
-            EXECUTE 'SELECT pg_catalog.undistribute_table($1, cascade_via_foreign_keys => true)' USING tbl;
+    -- Back to local tables, rows and all. undistribute_table cannot alter an extension's table, so
+    -- this does what Citus's own DROP TABLE trigger does (metadata off the workers, shards dropped,
+    -- pg_dist_partition row removed; Citus keeps extension-owned tables on the workers), around a
+    -- copy of the rows: read through the cluster first, written back into the now local tables.
+    FOREACH name IN ARRAY tables LOOP
+        IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = ('totp_private.' || name)::regclass) THEN
+            EXECUTE pg_catalog.format('CREATE TEMP TABLE %I ON COMMIT DROP AS SELECT * FROM totp_private.%I',
+                                      'totp_undistribute_' || name, name);
+            moved := moved || name;
         END IF;
-        object := tbl::text; action := 'local table'; RETURN NEXT;
+    END LOOP;
+    FOR i IN REVERSE pg_catalog.cardinality(moved)..1 LOOP
+        name := moved[i];
+        tbl := ('totp_private.' || name)::regclass;
+        PERFORM pg_catalog.master_remove_distributed_table_metadata_from_workers(tbl, 'totp_private', name);
+        PERFORM pg_catalog.citus_drop_all_shards(tbl, 'totp_private', name, drop_shards_metadata_only := false);
+        PERFORM pg_catalog.master_remove_partition_metadata(tbl, 'totp_private', name);
+    END LOOP;
+    -- The coordinator's tables still hold the rows they had when they were distributed. DELETE,
+    -- children first: Citus still takes these for distributed tables in a TRUNCATE this transaction.
+    FOR i IN REVERSE pg_catalog.cardinality(moved)..1 LOOP
+        EXECUTE pg_catalog.format('DELETE FROM totp_private.%I', moved[i]);
+    END LOOP;
+    FOREACH name IN ARRAY moved LOOP
+        EXECUTE pg_catalog.format('INSERT INTO totp_private.%I SELECT * FROM %I', name, 'totp_undistribute_' || name);
+        object := 'totp_private.' || name; action := 'local table'; RETURN NEXT;
     END LOOP;
 END
 $$;

@@ -74,13 +74,13 @@ static ADDED: Sql = Sql { text: "SELECT key_id FROM totp_private.keys WHERE stat
 
 static KEY_STATE: Sql = Sql { text: "SELECT state FROM totp_private.keys WHERE key_id = $1", params: &[INT8] };
 
-// Whether the key bookkeeping is a Citus reference table (totp.distribute() ran). Asked only where
-// Citus is installed: pg_dist_partition does not exist elsewhere.
+// Whether totp.distribute() ran (the secrets are a distributed table). Asked only where Citus is
+// installed: pg_dist_partition does not exist elsewhere.
 static CITUS_INSTALLED: Sql =
     Sql { text: "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')", params: &[] };
 static DISTRIBUTED: Sql = Sql {
     text: "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition \
-           WHERE logicalrelid = 'totp_private.keys'::pg_catalog.regclass)",
+           WHERE logicalrelid = 'totp_private.factor_secrets'::pg_catalog.regclass)",
     params: &[],
 };
 
@@ -89,6 +89,15 @@ static WORKERS_WITHOUT_KEY: Sql = Sql {
     text: "SELECT w.nodename || ':' || w.nodeport FROM pg_catalog.run_command_on_workers(\
            pg_catalog.format('SELECT %s = ANY (totp.key_file_ids())', $1::pg_catalog.int8)) w \
            WHERE NOT w.success OR w.result <> 't' ORDER BY 1",
+    params: &[INT8],
+};
+
+// Each worker keeps its own bookkeeping (see sql/distribute.sql): make the key current there, each
+// in its own transaction, before the coordinator re-seals anything under it.
+static WORKERS_MAKE_CURRENT: Sql = Sql {
+    text: "SELECT w.nodename || ':' || w.nodeport || ': ' || w.result FROM pg_catalog.run_command_on_workers(\
+           pg_catalog.format('SELECT totp.make_key_current(%s)', $1::pg_catalog.int8)) w \
+           WHERE NOT w.success ORDER BY 1",
     params: &[INT8],
 };
 
@@ -258,6 +267,14 @@ fn rotate_key(
                 (id, key)
             }
         };
+        if distributed(client)? {
+            let failed: Vec<String> = db::exec(client, &WORKERS_MAKE_CURRENT, &[arg(new_id)])?
+                .map(|row| db::req_at(&row, 1))
+                .collect::<TotpResult<_>>()?;
+            if !failed.is_empty() {
+                return Err(TotpError::KeyNotOnEveryNode { key_id: new_id, nodes: failed.join("; ") });
+            }
+        }
         db::exec(client, &MARK, &[arg(new_id), arg("current")])?;
         db::exec(client, &DEMOTE, &[arg(new_id)])?;
         Ok((new_id, new_key, retired))
@@ -300,5 +317,26 @@ fn key_file_ids() -> Result<Vec<i64>, ErrorReport> {
     Ok(Spi::connect_mut(|client| -> TotpResult<Vec<i64>> {
         let path = keyring::key_file_path(client)?;
         Ok(keyring::keys_in(&path)?.into_iter().map(|(id, _)| id).collect())
+    })?)
+}
+
+/// Makes a key of this node's key file current here and waits for the enrolments still sealing
+/// under the previous one; what `rotate_key()` on a Citus coordinator runs on every worker. The
+/// secrets are re-sealed by the coordinator.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn make_key_current(key_id: Option<i64>) -> Result<(), ErrorReport> {
+    require_key_manager("rotate keys")?;
+    let id = crate::api::required("key_id", key_id)?;
+    Ok(Spi::connect_mut(|client| -> TotpResult<()> {
+        let path = keyring::lock_for_change(client)?;
+        keyring::current_for_sealing(client)?;
+        if !keyring::keys_in(&path)?.iter().any(|(k, _)| *k == id) {
+            return Err(TotpError::KeyNotOnEveryNode { key_id: id, nodes: "this node".into() });
+        }
+        db::exec(client, &MARK, &[arg(id), arg("current")])?;
+        db::exec(client, &DEMOTE, &[arg(id)])?;
+        db::exec(client, &LOCK_PREVIOUS, &[])?;
+        Ok(())
     })?)
 }
