@@ -362,6 +362,12 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
         RAISE EXCEPTION 'Citus is not installed in this database' USING ERRCODE = '55000';
     END IF;
+    -- A shard move leaves its source behind until Citus cleans up; those tables would outlive
+    -- DROP EXTENSION. The cleanup is a procedure, which a function cannot call.
+    IF EXISTS (SELECT FROM pg_catalog.pg_dist_cleanup WHERE object_name LIKE 'totp\_private.%') THEN
+        RAISE EXCEPTION 'shard moves left totp_verify shards to clean up' USING ERRCODE = '55000',
+            HINT = 'CALL citus_cleanup_orphaned_resources(); then run totp.undistribute() again.';
+    END IF;
     -- Dropping shards of tables that reference the reference tables needs one connection per node.
     PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
     -- Delegation first: a delegated function must not outlive its colocation group. Citus has no

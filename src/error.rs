@@ -233,7 +233,7 @@ impl TotpError {
             }
             TotpError::KeyNotAdded { key_id, state } => Some(match state {
                 Some(state) => format!("Key {key_id} is {state}, not added (waiting to become current)."),
-                None => format!("Key {key_id} was not added by totp.add_key() in this database."),
+                None => format!("Key {key_id} is not in this node's key file."),
             }),
             TotpError::KeyChangeIsolation { .. } => {
                 Some("It waits for enrolments in flight and must then see the secrets they committed.".into())

@@ -98,15 +98,20 @@ SIGNATURES = {
     "otpauth_uri": [("secret", "text"), ("account", "text"), ("issuer", "text"), ("alg", "text"),
                     ("digits", "integer"), ("period", "integer")],
     "qr_svg": [("text", "text")],
-    "rotate_key": [("batch_size", "integer")],
+    "rotate_key": [("batch_size", "integer"), ("key_id", "bigint")],
     "retire_keys": [],
+    "add_key": [],
+    "key_file_ids": [],
+    "make_key_current": [("key_id", "bigint")],
+    "distribute": [("shard_count", "integer")],
+    "undistribute": [],
     "run_maintenance": [],
 }
 
 # How many trailing arguments have a DEFAULT (and may be left out of a call).
 DEFAULTS = {"create_service": 6, "update_service": 16, "create_factor": 7, "update_factor": 6,
             "create_challenge": 4, "update_challenge": 1, "hotp_code": 2, "totp_code": 4,
-            "generate_secret": 1, "otpauth_uri": 4, "rotate_key": 1}
+            "generate_secret": 1, "otpauth_uri": 4, "rotate_key": 2, "distribute": 1}
 
 # Arguments of state functions whose NULL must be a 22023 naming them (SPEC §3, brief).
 REQUIRED = {
@@ -123,11 +128,13 @@ REQUIRED = {
     "update_challenge": {"service_sid", "identity", "challenge_sid", "auth_payload"},
     "has_recent_approval": {"service_sid", "within"},
     "has_recent_approval_from_aged_factor": {"service_sid", "within"},
+    "rotate_key": {"batch_size"},
+    "make_key_current": {"key_id"},
 }
 # Functions whose every argument is optional-by-NULL in their own way: STRICT pure functions
 # (NULL in, NULL out), otpauth_uri (documented: NULL secret/account gives NULL).
 STRICT = {"hotp_code", "totp_code", "base32_encode", "base32_decode", "generate_secret", "qr_svg",
-          "rotate_key", "retire_keys", "run_maintenance"}
+          "retire_keys", "run_maintenance"}
 
 # Integer ranges (inclusive) each numeric argument accepts.
 RANGES = {
@@ -526,8 +533,13 @@ def baseline(world, fn):
         "otpauth_uri": {"secret": "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ", "account": "alice",
                         "issuer": "Acme", "alg": "sha1", "digits": 6, "period": 30},
         "qr_svg": {"text": "otpauth://totp/Acme:alice?secret=GEZDGNBVGY3TQOJQ"},
-        "rotate_key": {"batch_size": 1000},
+        "rotate_key": {"batch_size": 1000, "key_id": None},
         "retire_keys": {},
+        "add_key": {},
+        "key_file_ids": {},
+        "make_key_current": {"key_id": 1},  # not a key of the file: 55000, the refusal under test
+        "distribute": {"shard_count": 32},  # no Citus here: 55000
+        "undistribute": {},
         "run_maintenance": {},
     }[fn]
 

@@ -219,7 +219,7 @@ fn reseal_all(new_id: i64, new_key: &keyfile::Key, batch_size: i32) -> TotpResul
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn rotate_key(
-    batch_size: default!(i32, 1000),
+    batch_size: default!(Option<i32>, 1000),
     key_id: default!(Option<i64>, "NULL"),
 ) -> Result<
     TableIterator<
@@ -229,6 +229,7 @@ fn rotate_key(
     ErrorReport,
 > {
     require_key_manager("rotate keys")?;
+    let batch_size = crate::api::required("batch_size", batch_size)?;
     if batch_size < 1 {
         return Err(
             TotpError::invalid_service(totp_core::validate::Invalid::new("batch_size", "must be positive")).into()
@@ -332,7 +333,7 @@ fn make_key_current(key_id: Option<i64>) -> Result<(), ErrorReport> {
         let path = keyring::lock_for_change(client)?;
         keyring::current_for_sealing(client)?;
         if !keyring::keys_in(&path)?.iter().any(|(k, _)| *k == id) {
-            return Err(TotpError::KeyNotOnEveryNode { key_id: id, nodes: "this node".into() });
+            return Err(TotpError::KeyNotAdded { key_id: id, state: None });
         }
         db::exec(client, &MARK, &[arg(id), arg("current")])?;
         db::exec(client, &DEMOTE, &[arg(id)])?;

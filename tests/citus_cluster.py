@@ -3,8 +3,8 @@ delegated calls as an application role, reads of the views on every node, two-ph
 two workers, the one-approval race, a rotation in stages with one key file per node, a shard
 move, a node added later, and totp.undistribute() before DROP EXTENSION.
 
-Citus is in no registry CI reaches, so this module runs only against a cluster you bring; CI
-skips it. Environment (libpq URIs, postgresql://user@host:port/db; the test runs as root or as the owner of the
+Citus is in no registry CI reaches, so this module runs only against a cluster you bring, and its
+name keeps the suite from collecting it: `.venv/bin/pytest tests/citus_cluster.py` with the environment below (libpq URIs, postgresql://user@host:port/db; the test runs as root or as the owner of the
 key files, which it rewrites):
 
     TOTP_VERIFY_CITUS_COORDINATOR  the coordinator's database (superuser), Citus created, workers
@@ -79,6 +79,10 @@ def cluster():
         before = c.execute("SELECT (SELECT count(*) FROM totp_private.factors) AS f, "
                            "(SELECT count(*) FROM totp_private.factor_secrets) AS s, "
                            "(SELECT count(*) FROM totp_private.events) AS e").fetchone()
+        if c.execute("SELECT count(*) AS n FROM pg_dist_cleanup").fetchone()["n"]:
+            with refused("55000"):  # the shard moves' leftovers would outlive DROP EXTENSION
+                c.execute("SELECT * FROM totp.undistribute()")
+            c.execute("CALL citus_cleanup_orphaned_resources()")
         c.execute("SELECT * FROM totp.undistribute()")
         assert c.execute("SELECT count(*) AS n FROM pg_dist_partition WHERE logicalrelid::text LIKE 'totp_private.%'").fetchone()["n"] == 0
         after = c.execute("SELECT (SELECT count(*) FROM totp_private.factors) AS f, "

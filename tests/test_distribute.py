@@ -1,0 +1,117 @@
+"""What CI can test of the Citus support without Citus (SPEC §11): totp.distribute() and
+totp.undistribute() refuse clearly, only superusers run them, and the rotation in stages that a
+cluster needs — add_key(), rotate_key(key_id => ...), key_file_ids(), make_key_current() — works
+on one node too, keeps every factor verifying, and is undone by a rollback. tests/citus_cluster.py
+runs the rest against a real cluster."""
+
+import time
+
+import pytest
+
+from conftest import connect, new_service, oathtool, refused, verified_factor
+
+
+@pytest.fixture(scope="module")
+def service(db):
+    with connect(db) as c:
+        return new_service(c, "Distribute")["sid"]
+
+
+@pytest.fixture(scope="module")
+def caller(db):
+    """A role given EXECUTE on every function, as a careless DBA might."""
+    with connect(db) as c:
+        c.execute("DROP ROLE IF EXISTS totp_distribute_caller")
+        c.execute("CREATE ROLE totp_distribute_caller")
+        c.execute("GRANT USAGE ON SCHEMA totp TO totp_distribute_caller")
+        c.execute("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA totp TO totp_distribute_caller")
+    yield "totp_distribute_caller"
+    with connect(db) as c:
+        c.execute("DROP OWNED BY totp_distribute_caller")
+        c.execute("DROP ROLE totp_distribute_caller")
+
+
+def test_distribute_without_citus_refuses_and_changes_nothing(conn):
+    before = conn.execute("SELECT count(*) AS n FROM pg_class WHERE relnamespace = 'totp_private'::regnamespace").fetchone()
+    with refused("55000") as info:
+        conn.execute("SELECT * FROM totp.distribute()")
+    assert "Citus is not installed" in str(info.value)
+    assert "CREATE EXTENSION citus" in info.value.diag.message_hint
+    with refused("55000"):
+        conn.execute("SELECT * FROM totp.undistribute()")
+    after = conn.execute("SELECT count(*) AS n FROM pg_class WHERE relnamespace = 'totp_private'::regnamespace").fetchone()
+    assert before == after
+
+
+def test_only_superusers_distribute_or_manage_keys_whatever_is_granted(conn, caller):
+    conn.execute(f"SET ROLE {caller}")
+    try:
+        for call in ("SELECT * FROM totp.distribute()", "SELECT * FROM totp.undistribute()",
+                     "SELECT totp.add_key()", "SELECT totp.key_file_ids()", "SELECT totp.make_key_current(1)",
+                     "SELECT * FROM totp.rotate_key(key_id => 1)"):
+            with refused("42501"):
+                conn.execute(call)
+    finally:
+        conn.execute("RESET ROLE")
+
+
+def key_state(conn, key_id):
+    row = conn.execute("SELECT state FROM totp_private.keys WHERE key_id = %s", (key_id,)).fetchone()
+    return row and row["state"]
+
+
+def approves(conn, service, identity, factor):
+    """Whether a challenge with the factor's next-step code is approved (the secret opens)."""
+    code = oathtool(factor["binding_secret"], at=time.time() + 30)
+    return conn.execute("SELECT status FROM totp.create_challenge(%s, %s, %s, %s)",
+                        (service, identity, factor["sid"], code)).fetchone()["status"] == "approved"
+
+
+def test_a_rotation_in_stages_on_one_node(conn, service):
+    factors = {f"stage-{i}": verified_factor(conn, service, f"stage-{i}") for i in range(3)}
+    ids = conn.execute("SELECT totp.key_file_ids() AS ids").fetchone()["ids"]
+    current = conn.execute("SELECT key_id FROM totp_private.keys WHERE state = 'current'").fetchone()["key_id"]
+    assert ids[-1] == current
+
+    # A rolled-back add_key leaves the file as it was.
+    with conn.transaction(force_rollback=True):
+        conn.execute("SELECT totp.add_key()")
+    assert conn.execute("SELECT totp.key_file_ids() AS ids").fetchone()["ids"] == ids
+
+    added = conn.execute("SELECT totp.add_key() AS id").fetchone()["id"]
+    assert conn.execute("SELECT totp.key_file_ids() AS ids").fetchone()["ids"] == ids + [added]
+    assert key_state(conn, added) == "added"
+    # Still sealing under the current key, and retire_keys keeps the added one for its rotation.
+    new = verified_factor(conn, service, "stage-new")
+    assert conn.execute("SELECT key_id FROM totp_private.factor_secrets WHERE factor_sid = %s",
+                        (new["sid"],)).fetchone()["key_id"] == current
+    conn.execute("SELECT totp.retire_keys()")
+    assert added in conn.execute("SELECT totp.key_file_ids() AS ids").fetchone()["ids"]
+
+    with refused("55000"):  # not a key of the file
+        conn.execute("SELECT * FROM totp.rotate_key(key_id => 12345)")
+    with refused("55000"):
+        conn.execute("SELECT totp.make_key_current(12345)")
+
+    r = conn.execute("SELECT * FROM totp.rotate_key(key_id => %s)", (added,)).fetchone()
+    assert r["new_key_id"] == added and r["unreadable"] == 0 and r["resealed"] >= 4
+    assert key_state(conn, added) == "current" and key_state(conn, current) == "previous"
+    assert conn.execute("SELECT count(*) AS n FROM totp_private.factor_secrets WHERE key_id <> %s",
+                        (added,)).fetchone()["n"] == 0
+    assert conn.execute("SELECT totp.retire_keys() AS r").fetchone()["r"] == [current]
+    assert conn.execute("SELECT totp.key_file_ids() AS ids").fetchone()["ids"][-1] == added
+    assert current not in conn.execute("SELECT totp.key_file_ids() AS ids").fetchone()["ids"]
+    factors["stage-new"] = new
+    for identity, factor in factors.items():
+        assert approves(conn, service, identity, factor), identity
+
+
+def test_a_rolled_back_rotation_to_an_added_key_changes_nothing(conn, service):
+    factor = verified_factor(conn, service, "stage-rollback")
+    current = conn.execute("SELECT key_id FROM totp_private.keys WHERE state = 'current'").fetchone()["key_id"]
+    added = conn.execute("SELECT totp.add_key() AS id").fetchone()["id"]
+    with conn.transaction(force_rollback=True):
+        conn.execute("SELECT * FROM totp.rotate_key(key_id => %s)", (added,))
+    assert key_state(conn, current) == "current" and key_state(conn, added) == "added"
+    assert conn.execute("SELECT DISTINCT key_id FROM totp_private.factor_secrets").fetchall() == [{"key_id": current}]
+    assert approves(conn, service, "stage-rollback", factor)
