@@ -251,3 +251,21 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Whether nodes agree on their services (SPEC §11): a SHA-256 over every service's SID and
+-- settings in SID order — not the dates, which each node sets when its copy was made. Equal on
+-- nodes that hold the same services with the same settings (PL/Proxy partitions after RUN ON ALL;
+-- on Citus, services are one reference table). SECURITY DEFINER: it reads totp_private. The
+-- interval style is pinned: the digest must not depend on a session's setting.
+CREATE FUNCTION totp.services_digest() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET intervalstyle = 'iso_8601' AS $$
+SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
+           coalesce(pg_catalog.string_agg(pg_catalog.jsonb_build_array(
+               s.sid, s.friendly_name, s.totp_issuer, s.totp_time_step, s.totp_code_length, s.totp_skew,
+               s.max_factor_attempts, s.max_challenge_attempts, s.max_challenges_per_hour, s.max_challenges_per_day,
+               s.max_short_code_challenges_per_day, s.max_factors_per_entity, s.max_factor_creations_per_day,
+               s.challenge_ttl, s.max_challenge_ttl, s.unverified_factor_ttl, s.event_retention, s.account_sid)::text,
+               E'\n' ORDER BY s.sid), ''),
+           'UTF8')), 'hex')
+  FROM totp_private.services s
+$$;

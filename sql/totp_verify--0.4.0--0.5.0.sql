@@ -420,6 +420,24 @@ BEGIN
 END
 $$;
 
+-- Whether nodes agree on their services (SPEC §11): a SHA-256 over every service's SID and
+-- settings in SID order — not the dates, which each node sets when its copy was made. Equal on
+-- nodes that hold the same services with the same settings (PL/Proxy partitions after RUN ON ALL;
+-- on Citus, services are one reference table). SECURITY DEFINER: it reads totp_private. The
+-- interval style is pinned: the digest must not depend on a session's setting.
+CREATE OR REPLACE FUNCTION totp.services_digest() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET intervalstyle = 'iso_8601' AS $$
+SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
+           coalesce(pg_catalog.string_agg(pg_catalog.jsonb_build_array(
+               s.sid, s.friendly_name, s.totp_issuer, s.totp_time_step, s.totp_code_length, s.totp_skew,
+               s.max_factor_attempts, s.max_challenge_attempts, s.max_challenges_per_hour, s.max_challenges_per_day,
+               s.max_short_code_challenges_per_day, s.max_factors_per_entity, s.max_factor_creations_per_day,
+               s.challenge_ttl, s.max_challenge_ttl, s.unverified_factor_ttl, s.event_retention, s.account_sid)::text,
+               E'\n' ORDER BY s.sid), ''),
+           'UTF8')), 'hex')
+  FROM totp_private.services s
+$$;
+
 -- Privileges and comments (sql/finalize.sql, sql/comments.sql), as in a fresh install.
 -- Privileges (SPEC §7): after CREATE EXTENSION, PUBLIC can do nothing. Functions are
 -- executable by PUBLIC by default in Postgres, so take that back; tables and views are not
@@ -567,6 +585,7 @@ BEGIN
             ('make_key_current', 'Make a key of this node''s key file current here (what rotate_key runs on each Citus worker)'),
             ('key_file_ids', 'The ids of the keys in this database''s key file (never the keys)'),
             ('distribute', 'Citus: make services and keys reference tables, distribute every per-user table by identity, delegate identity-scoped functions; rerun after adding nodes'),
+            ('services_digest', 'SHA-256 of every service''s SID and settings (not dates): equal on nodes that agree'),
             ('undistribute', 'Citus: turn the tables back into local tables and stop delegating (before DROP EXTENSION)'),
             ('retire_keys', 'Remove keys no secret uses from the key file'),
             ('forget_entity', 'Trigger: AFTER DELETE on an application table, delete the identity''s entity (args: service_sid, identity column)'),

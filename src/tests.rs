@@ -232,6 +232,10 @@ mod tests {
         ))
         .unwrap();
         Spi::run(&format!("SELECT totp.create_factor('{svc}', 'user-1', 'b')")).unwrap();
+        // Re-sealing reads many identities but locks and writes one row at a time, by identity.
+        Spi::run("SELECT * FROM totp.rotate_key()").unwrap();
+        let added: i64 = one("SELECT totp.add_key()");
+        Spi::run(&format!("SELECT * FROM totp.rotate_key(key_id => {added})")).unwrap();
         let f = FACTOR_SID;
         let status: String =
             one(&format!("SELECT status FROM totp.verify_factor('{svc}', 'user-1', '{f}', '{}')", wrong(&code(0))));
@@ -276,6 +280,7 @@ mod tests {
             ")::totp.new_factor",
             ")::totp.challenges",
             "INSERT INTO totp_private.events",
+            "FOR UPDATE SKIP LOCKED",
         ] {
             assert!(texts.iter().any(|t| t.contains(needle)), "the run did not execute a statement with {needle:?}");
         }

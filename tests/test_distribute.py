@@ -115,3 +115,34 @@ def test_a_rolled_back_rotation_to_an_added_key_changes_nothing(conn, service):
     assert key_state(conn, current) == "current" and key_state(conn, added) == "added"
     assert conn.execute("SELECT DISTINCT key_id FROM totp_private.factor_secrets").fetchall() == [{"key_id": current}]
     assert approves(conn, service, "stage-rollback", factor)
+
+
+def test_services_digest_follows_settings_not_dates(conn):
+    digest = lambda: conn.execute("SELECT totp.services_digest() AS d").fetchone()["d"]
+    before = digest()
+    assert len(before) == 64
+    sid = "VA" + "5" * 32
+    conn.execute("SELECT totp.create_service('Digest', sid => %s)", (sid,))
+    made = digest()
+    assert made != before
+    # The same settings again (a retried RUN ON ALL): the same digest.
+    conn.execute("SELECT totp.create_service('Digest', sid => %s)", (sid,))
+    conn.execute("UPDATE totp_private.services SET date_updated = now() + interval '1 day' WHERE sid = %s", (sid,))
+    assert digest() == made
+    conn.execute("SELECT totp.update_service(%s, max_challenge_attempts => 3)", (sid,))
+    changed = digest()
+    assert changed != made
+    conn.execute("SELECT totp.update_service(%s, max_challenge_attempts => 5)", (sid,))
+    assert digest() == made
+    conn.execute("SELECT totp.delete_service(%s)", (sid,))
+    assert digest() == before
+
+
+def test_services_digest_does_not_depend_on_the_session(conn):
+    conn.execute("SELECT totp.create_service('Styles', sid => %s)", ("VA" + "6" * 32,))
+    digests = set()
+    for style in ("postgres", "sql_standard", "iso_8601"):
+        conn.execute(f"SET intervalstyle = {style}")
+        digests.add(conn.execute("SELECT totp.services_digest() AS d").fetchone()["d"])
+    conn.execute("RESET intervalstyle")
+    assert len(digests) == 1

@@ -105,6 +105,7 @@ SIGNATURES = {
     "make_key_current": [("key_id", "bigint")],
     "distribute": [("shard_count", "integer")],
     "undistribute": [],
+    "services_digest": [],
     "run_maintenance": [],
 }
 
@@ -541,6 +542,7 @@ def baseline(world, fn):
         "make_key_current": {"key_id": 1},  # not a key of the file: 55000, the refusal under test
         "distribute": {"shard_count": 32},  # no Citus here: 55000
         "undistribute": {},
+        "services_digest": {},
         "run_maintenance": {},
     }[fn]
 
