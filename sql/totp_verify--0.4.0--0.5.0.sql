@@ -189,6 +189,7 @@ DECLARE
     node record;
     holder record;
     missing bigint[];
+    current_key bigint;
 BEGIN
     IF NOT pg_catalog.current_setting('is_superuser')::boolean THEN
         RAISE EXCEPTION 'must be superuser to distribute totp_verify' USING ERRCODE = '42501';
@@ -232,6 +233,62 @@ BEGIN
                 USING ERRCODE = '58P01', DETAIL = pg_catalog.format('Missing key ids: %s.', missing),
                 HINT = 'Copy the coordinator''s key file to every worker.';
         END IF;
+    END LOOP;
+
+    -- Key changes wait while the cluster takes shape (a rotation half-way through distribution
+    -- would seal under a key the workers lack), on the keyring row as every key change does.
+    INSERT INTO totp_private.keyring (keyring_id, database_oid)
+    VALUES (pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', ''),
+            (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()))
+    ON CONFLICT (one_row) DO NOTHING;
+    PERFORM FROM totp_private.keyring FOR UPDATE;
+    -- Every node seals with the coordinator's current key: a node never picks one itself (its
+    -- file's last line may be a key the coordinator later retires).
+    SELECT k.key_id INTO current_key FROM totp_private.keys k WHERE k.state = 'current';
+    IF current_key IS NULL THEN
+        current_key := (totp.key_file_ids())[pg_catalog.cardinality(totp.key_file_ids())];
+        PERFORM totp.make_key_current(current_key);
+    END IF;
+    FOR node IN EXECUTE 'SELECT nodename, nodeport, result FROM pg_catalog.run_command_on_workers('
+                        'pg_catalog.format(''SELECT totp.make_key_current(%s)'', $1::pg_catalog.int8)) WHERE NOT success'
+        USING current_key
+    LOOP
+        RAISE EXCEPTION 'worker %:% could not make key % current', node.nodename, node.nodeport, current_key
+            USING ERRCODE = '55000', DETAIL = node.result;
+    END LOOP;
+    object := 'keys'; action := pg_catalog.format('key %s current on every node', current_key); RETURN NEXT;
+
+    -- Citus runs a query's shard tasks with the caller's own rights on the worker, so a role that
+    -- reads a view needs SELECT on the table behind it (never factor_secrets) and USAGE on
+    -- totp_private. Kept in step with the view grants: given where a view is readable, taken
+    -- back where it no longer is. GRANT and REVOKE on a distributed or reference table reach its
+    -- shards; USAGE on the schema reaches the workers through the replay below.
+    FOR holder IN
+        SELECT a.grantee::regrole AS role, c.relname AS tbl
+          FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+         WHERE c.relnamespace = 'totp_private'::regnamespace AND c.relkind = 'r' AND a.privilege_type = 'SELECT'
+           AND a.grantee <> 0 AND a.grantee <> c.relowner
+        EXCEPT
+        SELECT a.grantee::regrole, v.relname
+          FROM pg_catalog.pg_class v, pg_catalog.aclexplode(v.relacl) a
+         WHERE v.relnamespace = 'totp'::regnamespace AND v.relkind = 'v' AND a.privilege_type = 'SELECT'
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE SELECT ON totp_private.%I FROM %s', holder.tbl, holder.role);
+        object := 'totp_private.' || holder.tbl; action := pg_catalog.format('SELECT revoked from %s', holder.role);
+        RETURN NEXT;
+    END LOOP;
+    FOR holder IN
+        SELECT DISTINCT a.grantee::regrole AS role, v.relname AS view
+          FROM pg_catalog.pg_class v, pg_catalog.aclexplode(v.relacl) a
+         WHERE v.relnamespace = 'totp'::regnamespace AND v.relkind = 'v' AND a.privilege_type = 'SELECT'
+           AND a.grantee <> 0 AND a.grantee <> v.relowner
+           AND v.relname IN ('services', 'entities', 'factors', 'challenges', 'events')
+         ORDER BY 1, 2
+    LOOP
+        EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA totp_private TO %s', holder.role);
+        EXECUTE pg_catalog.format('GRANT SELECT ON totp_private.%I TO %s', holder.view, holder.role);
+        object := 'totp_private.' || holder.view; action := pg_catalog.format('SELECT granted to %s', holder.role);
+        RETURN NEXT;
     END LOOP;
 
     -- Grants on the extension's own objects made before they were distributed (the grant sets,
@@ -326,21 +383,11 @@ BEGIN
     ALTER FUNCTION totp.delete_service(text) SET citus.multi_shard_modify_mode = 'sequential';
     object := 'totp.delete_service(text)'; action := 'sequential multi-shard mode'; RETURN NEXT;
 
-    -- Citus runs a query's shard tasks with the caller's own rights on the worker, so a role that
-    -- reads a view needs SELECT on the table behind it (never factor_secrets) and USAGE on
-    -- totp_private. GRANT on a distributed or reference table reaches its shards on every node.
-    FOR holder IN
-        SELECT DISTINCT a.grantee::regrole AS role, v.relname AS view
-          FROM pg_catalog.pg_class v, pg_catalog.aclexplode(v.relacl) a
-         WHERE v.relnamespace = 'totp'::regnamespace AND v.relkind = 'v' AND a.privilege_type = 'SELECT'
-           AND a.grantee <> 0 AND a.grantee <> v.relowner
-           AND v.relname IN ('services', 'entities', 'factors', 'challenges', 'events')
-         ORDER BY 1, 2
-    LOOP
-        EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA totp_private TO %s', holder.role);
-        EXECUTE pg_catalog.format('GRANT SELECT ON totp_private.%I TO %s', holder.view, holder.role);
-        object := 'totp_private.' || holder.view; action := pg_catalog.format('SELECT granted to %s', holder.role);
-        RETURN NEXT;
+    -- The coordinator's own copies of the rows (Citus leaves them on disk, sealed secrets among
+    -- them) go, children first.
+    FOREACH tbl IN ARRAY ARRAY['totp_private.events', 'totp_private.challenges', 'totp_private.factor_secrets',
+                               'totp_private.factors', 'totp_private.entities', 'totp_private.services'] LOOP
+        EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING tbl::regclass;
     END LOOP;
 END
 $$;
@@ -355,6 +402,7 @@ DECLARE
     name text;
     fn regprocedure;
     tbl regclass;
+    holder record;
 BEGIN
     IF NOT pg_catalog.current_setting('is_superuser')::boolean THEN
         RAISE EXCEPTION 'must be superuser to undistribute totp_verify' USING ERRCODE = '42501';
@@ -370,9 +418,11 @@ BEGIN
     END IF;
     -- Dropping shards of tables that reference the reference tables needs one connection per node.
     PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
-    -- Delegation first: a delegated function must not outlive its colocation group. Citus has no
-    -- call that undoes create_distributed_function for an extension's function, so its metadata
-    -- row goes, on every node (the function stays, as every member of the extension does).
+    -- No more delegation. Citus has no call that undoes create_distributed_function for an
+    -- extension's function, so its metadata row goes, on every node (the function stays, as every
+    -- member of the extension does). First, before this transaction holds locks on the workers
+    -- (run_command_on_workers' own connections would wait for them); the workers' part commits at
+    -- once, so after a failure further down a rerun finishes it.
     FOR fn IN
         SELECT o.objid::regprocedure FROM pg_catalog.pg_dist_object o, pg_catalog.pg_proc p
          WHERE o.classid = 'pg_catalog.pg_proc'::regclass AND o.objid = p.oid
@@ -394,6 +444,10 @@ BEGIN
     -- this does what Citus's own DROP TABLE trigger does (metadata off the workers, shards dropped,
     -- pg_dist_partition row removed; Citus keeps extension-owned tables on the workers), around a
     -- copy of the rows: read through the cluster first, written back into the now local tables.
+    -- No writes while the rows are copied and the shards dropped: a call committing in between
+    -- would be lost, or a deletion half undone. Reads go on.
+    LOCK TABLE totp_private.services, totp_private.entities, totp_private.factors, totp_private.factor_secrets,
+               totp_private.challenges, totp_private.events IN EXCLUSIVE MODE;
     FOREACH name IN ARRAY tables LOOP
         IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = ('totp_private.' || name)::regclass) THEN
             EXECUTE pg_catalog.format('CREATE TEMP TABLE %I ON COMMIT DROP AS SELECT * FROM totp_private.%I',
@@ -414,8 +468,22 @@ BEGIN
         EXECUTE pg_catalog.format('DELETE FROM totp_private.%I', moved[i]);
     END LOOP;
     FOREACH name IN ARRAY moved LOOP
-        EXECUTE pg_catalog.format('INSERT INTO totp_private.%I SELECT * FROM %I', name, 'totp_undistribute_' || name);
+        EXECUTE pg_catalog.format('INSERT INTO totp_private.%I SELECT * FROM pg_temp.%I', name, 'totp_undistribute_' || name);
         object := 'totp_private.' || name; action := 'local table'; RETURN NEXT;
+    END LOOP;
+    -- On one node the views are the only way in: what distribute() gave view readers goes.
+    FOR holder IN
+        SELECT DISTINCT a.grantee::regrole AS role
+          FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+         WHERE c.relnamespace = 'totp_private'::regnamespace AND a.grantee <> 0 AND a.grantee <> c.relowner
+        UNION
+        SELECT a.grantee::regrole
+          FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+         WHERE n.nspname = 'totp_private' AND a.grantee <> 0 AND a.grantee <> n.nspowner
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON ALL TABLES IN SCHEMA totp_private FROM %s', holder.role);
+        EXECUTE pg_catalog.format('REVOKE ALL ON SCHEMA totp_private FROM %s', holder.role);
+        object := 'totp_private'; action := pg_catalog.format('grants revoked from %s', holder.role); RETURN NEXT;
     END LOOP;
 END
 $$;

@@ -54,6 +54,12 @@ pub enum TotpError {
     KeyNotOnEveryNode { key_id: i64, nodes: String },
     /// `rotate_key(key_id => …)` names a key that is not an added, not yet current key of the file.
     KeyNotAdded { key_id: i64, state: Option<String> },
+    /// On Citus, a node without a current key waits for the coordinator to name one.
+    NoCurrentKeyOnNode,
+    /// On Citus, key changes are made on the coordinator.
+    KeyChangeOnWorker { what: &'static str },
+    /// A Citus worker failed a step of a key change.
+    WorkerFailed { what: &'static str, nodes: String },
     /// Key changes wait for enrolments and must then see what they committed: READ COMMITTED.
     KeyChangeIsolation { what: &'static str },
     /// The factor used the wrong codes its budget allows in a window, counted in shared memory so
@@ -113,6 +119,9 @@ impl TotpError {
             | TotpError::SuperuserRequired { .. }
             | TotpError::KeyChangeIsolation { .. }
             | TotpError::RotationNeedsAddedKey
+            | TotpError::NoCurrentKeyOnNode
+            | TotpError::KeyChangeOnWorker { .. }
+            | TotpError::WorkerFailed { .. }
             | TotpError::KeyNotOnEveryNode { .. }
             | TotpError::KeyNotAdded { .. }
             | TotpError::GuessSlotsFull
@@ -144,9 +153,11 @@ impl TotpError {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
             TotpError::KeyFileUnavailable { .. } | TotpError::KeyNotOnEveryNode { .. } => ERRCODE_UNDEFINED_FILE,
-            TotpError::RotationNeedsAddedKey | TotpError::KeyNotAdded { .. } => {
-                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
-            }
+            TotpError::RotationNeedsAddedKey
+            | TotpError::KeyNotAdded { .. }
+            | TotpError::NoCurrentKeyOnNode
+            | TotpError::KeyChangeOnWorker { .. }
+            | TotpError::WorkerFailed { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             TotpError::SecretUndecryptable { .. } => ERRCODE_DATA_CORRUPTED,
             TotpError::SuperuserRequired { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             TotpError::Internal(_) => ERRCODE_INTERNAL_ERROR,
@@ -176,6 +187,9 @@ impl TotpError {
             TotpError::RotationNeedsAddedKey => "a distributed rotation needs a key added first".into(),
             TotpError::KeyNotOnEveryNode { .. } => "the new key is not in every node's key file".into(),
             TotpError::KeyNotAdded { .. } => "no such added key".into(),
+            TotpError::NoCurrentKeyOnNode => "this node has no current key yet".into(),
+            TotpError::KeyChangeOnWorker { what } => format!("must {what} on the Citus coordinator"),
+            TotpError::WorkerFailed { what, .. } => format!("a Citus worker failed to {what}"),
             TotpError::GuessesExhausted { twilio: 60310, .. } => "factor verification attempts limit reached".into(),
             TotpError::GuessesExhausted { .. } => "verification attempts limit reached for this factor".into(),
             TotpError::GuessSlotsFull => "totp_verify.guess_slots exhausted".into(),
@@ -231,10 +245,17 @@ impl TotpError {
             TotpError::KeyNotOnEveryNode { key_id, nodes } => {
                 Some(format!("Key {key_id} is missing from the key file of: {nodes}."))
             }
-            TotpError::KeyNotAdded { key_id, state } => Some(match state {
-                Some(state) => format!("Key {key_id} is {state}, not added (waiting to become current)."),
-                None => format!("Key {key_id} is not in this node's key file."),
+            TotpError::KeyNotAdded { key_id, state } => Some(match state.as_deref() {
+                Some("retired") => format!("Key {key_id} is retired."),
+                _ => format!("Key {key_id} is not in this node's key file."),
             }),
+            TotpError::NoCurrentKeyOnNode => Some(
+                "On Citus the coordinator names each node's current key: run SELECT * FROM totp.distribute() on the \
+                 coordinator (again after adding a node)."
+                    .into(),
+            ),
+            TotpError::KeyChangeOnWorker { .. } => None,
+            TotpError::WorkerFailed { nodes, .. } => Some(format!("{nodes}.")),
             TotpError::KeyChangeIsolation { .. } => {
                 Some("It waits for enrolments in flight and must then see the secrets they committed.".into())
             }

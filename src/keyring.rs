@@ -307,8 +307,36 @@ pub fn by_id(client: &mut SpiClient<'_>, id: i64) -> TotpResult<Key> {
 /// Locks the keyring row for a key change, creating it first if needed; returns the key file.
 pub fn lock_for_change(client: &mut SpiClient<'_>) -> TotpResult<PathBuf> {
     let path = key_file_path(client)?;
+    // With totp_verify.key_file set, nothing else makes the keyring row; key changes must still
+    // serialize on it (its keyring_id then names no file in use).
+    // SAFETY: MyDatabaseId is set once the backend has connected to its database.
+    let me = i64::from(unsafe { pg_sys::MyDatabaseId }.to_u32());
+    db::exec(client, &CREATE_KEYRING, &[arg(random_keyring_id().as_str()), arg(me)])?;
     db::exec(client, &LOCK_KEYRING, &[])?;
     Ok(path)
+}
+
+// Whether totp.distribute() ran (the secrets are a distributed table). Asked only where Citus is
+// installed: pg_dist_partition does not exist elsewhere.
+static CITUS_INSTALLED: Sql =
+    Sql { text: "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')", params: &[] };
+static DISTRIBUTED: Sql = Sql {
+    text: "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition \
+           WHERE logicalrelid = 'totp_private.factor_secrets'::pg_catalog.regclass)",
+    params: &[],
+};
+static COORDINATOR: Sql = Sql { text: "SELECT pg_catalog.citus_is_coordinator()", params: &[] };
+
+/// Whether this database's tables are distributed over Citus, and whether this node is the
+/// coordinator (true where there is no Citus).
+pub fn citus(client: &mut SpiClient<'_>) -> TotpResult<(bool, bool)> {
+    let installed: bool = db::req(&db::exec(client, &CITUS_INSTALLED, &[])?.first(), 1)?;
+    if !installed {
+        return Ok((false, true));
+    }
+    let distributed: bool = db::req(&db::exec(client, &DISTRIBUTED, &[])?.first(), 1)?;
+    let coordinator: bool = db::req(&db::exec(client, &COORDINATOR, &[])?.first(), 1)?;
+    Ok((distributed, coordinator))
 }
 
 /// The current key's id, if the database has one yet.
@@ -323,6 +351,11 @@ fn first_key(client: &mut SpiClient<'_>) -> TotpResult<()> {
     let path = lock_for_change(client)?;
     if current_id(client)?.is_some() {
         return Ok(()); // another backend made it while this one waited for the lock
+    }
+    // On Citus the coordinator tells each node which key is current (totp.distribute(),
+    // rotate_key()): guessing the file's last key could pick one the coordinator retires.
+    if citus(client)?.0 {
+        return Err(TotpError::NoCurrentKeyOnNode);
     }
     let existing = if staged(&path).is_some() || path.exists() { Some(keys_in(&path)?) } else { None };
     let id = match existing.as_deref().and_then(<[_]>::last) {

@@ -57,6 +57,28 @@ def copy_key_file(to_paths):
         os.chown(path, stat.st_uid, stat.st_gid)
 
 
+def contents(conn):
+    """Each per-user table's row count and an MD5 of its rows in key order."""
+    out = {}
+    for table, key in [("services", "sid"), ("entities", "identity, sid"), ("factors", "identity, sid"),
+                       ("factor_secrets", "identity, factor_sid"), ("challenges", "identity, sid"),
+                       ("events", "identity, id")]:
+        row = conn.execute(f"SELECT count(*) AS n, md5(coalesce(string_agg(t::text, '|' ORDER BY {key}), '')) AS h "
+                           f"FROM totp_private.{table} t").fetchone()
+        out[table] = (row["n"], row["h"])
+    return out
+
+
+def current_keys(dsns):
+    """Each node's current key (its own bookkeeping)."""
+    keys = []
+    for dsn in dsns:
+        with connect(dsn) as n:
+            row = n.execute("SELECT key_id FROM totp_private.keys WHERE state = 'current'").fetchone()
+            keys.append(row and row["key_id"])
+    return keys
+
+
 def key_ids_in(path):
     return [int(line.split()[0]) for line in open(path) if line.strip() and not line.startswith("#")]
 
@@ -76,19 +98,20 @@ def cluster():
         service = c.execute("SELECT sid FROM totp.create_service('Citus', 'Acme', sid => 'VA' || repeat('c', 32))").fetchone()["sid"]
     yield {"service": service}
     with connect(COORDINATOR) as c:
-        before = c.execute("SELECT (SELECT count(*) FROM totp_private.factors) AS f, "
-                           "(SELECT count(*) FROM totp_private.factor_secrets) AS s, "
-                           "(SELECT count(*) FROM totp_private.events) AS e").fetchone()
+        before = contents(c)
         if c.execute("SELECT count(*) AS n FROM pg_dist_cleanup").fetchone()["n"]:
             with refused("55000"):  # the shard moves' leftovers would outlive DROP EXTENSION
                 c.execute("SELECT * FROM totp.undistribute()")
             c.execute("CALL citus_cleanup_orphaned_resources()")
         c.execute("SELECT * FROM totp.undistribute()")
         assert c.execute("SELECT count(*) AS n FROM pg_dist_partition WHERE logicalrelid::text LIKE 'totp_private.%'").fetchone()["n"] == 0
-        after = c.execute("SELECT (SELECT count(*) FROM totp_private.factors) AS f, "
-                          "(SELECT count(*) FROM totp_private.factor_secrets) AS s, "
-                          "(SELECT count(*) FROM totp_private.events) AS e").fetchone()
-        assert after == before and before["f"] > 0, (before, after)
+        after = contents(c)
+        assert after == before and before["factors"][0] > 0, (before, after)
+        # On one node again, the views are the only way in for the application role.
+        with as_app(COORDINATOR) as app:
+            assert app.execute("SELECT count(*) AS n FROM totp.factors").fetchone()["n"] == before["factors"][0]
+            with refused("42501"):
+                app.execute("SELECT count(*) FROM totp_private.factors")
         c.execute("DROP EXTENSION totp_verify")
         # Citus creates the extension's schema ahead of the extension on every node, so it is not
         # a member and stays behind (with its grants).
@@ -119,6 +142,25 @@ def node_of(conn, identity):
         "WHERE s.shardid = get_shard_id_for_distribution_column('totp_private.factors', %s::text)", (identity,)).fetchone()["nodeport"]
 
 
+def test_application_role_reads_the_views_on_every_node(cluster):
+    """Right after the first distribute(): the reads need no second run."""
+    service = cluster["service"]
+    with as_app(COORDINATOR) as app:
+        enrol(app, service, "reader-1")
+    for dsn in [COORDINATOR] + WORKERS:
+        with as_app(dsn) as app:
+            n = app.execute("SELECT count(*) AS n FROM totp.factors WHERE identity = 'reader-1'").fetchone()["n"]
+            assert n == 1, dsn
+            assert app.execute("SELECT count(*) AS n FROM totp.challenges").fetchone()["n"] >= 0
+            # What the view readers get on Citus stops at reading: never a secret, never a write.
+            with refused("42501"):
+                app.execute("SELECT * FROM totp_private.factor_secrets LIMIT 1")
+            with refused("42501"):
+                app.execute("UPDATE totp_private.factors SET failed_verifications = 0 WHERE identity = 'reader-1'")
+            with refused("42501"):
+                app.execute("SELECT * FROM totp.rotate_key()")
+
+
 def test_distribute_again_changes_nothing(cluster):
     with connect(COORDINATOR) as c:
         again = c.execute("SELECT * FROM totp.distribute(shard_count => 8)").fetchall()
@@ -146,24 +188,6 @@ def test_the_walk_through_as_an_application_role(cluster):
         assert again == "pending"  # the same code, spent: no replay
         with refused("P0002", 60390):
             app.execute("SELECT * FROM totp.create_challenge(%s, 'walk-1', %s, '123456')", (service, "YF" + "0" * 32))
-
-
-def test_application_role_reads_the_views_on_every_node(cluster):
-    service = cluster["service"]
-    with as_app(COORDINATOR) as app:
-        enrol(app, service, "reader-1")
-    for dsn in [COORDINATOR] + WORKERS:
-        with as_app(dsn) as app:
-            n = app.execute("SELECT count(*) AS n FROM totp.factors WHERE identity = 'reader-1'").fetchone()["n"]
-            assert n == 1, dsn
-            assert app.execute("SELECT count(*) AS n FROM totp.challenges").fetchone()["n"] >= 0
-            # What the view readers get on Citus stops at reading: never a secret, never a write.
-            with refused("42501"):
-                app.execute("SELECT * FROM totp_private.factor_secrets LIMIT 1")
-            with refused("42501"):
-                app.execute("UPDATE totp_private.factors SET failed_verifications = 0 WHERE identity = 'reader-1'")
-            with refused("42501"):
-                app.execute("SELECT * FROM totp.rotate_key()")
 
 
 def test_identities_spread_and_one_transaction_over_two_workers_commits(cluster):
@@ -225,18 +249,26 @@ def test_a_staged_rotation_with_one_key_file_per_node(cluster):
     with as_app(COORDINATOR) as app:
         factors = {f"rot-{i}": enrol(app, service, f"rot-{i}") for i in range(6)}
     with connect(COORDINATOR) as c:
-        # Each node keeps its own bookkeeping; the workers sealed these secrets under the file's key.
-        [old] = key_ids_in(KEY_FILES[0])
+        # Each node keeps its own bookkeeping; distribute() made the coordinator's key current on all.
+        old = c.execute("SELECT key_id FROM totp_private.keys WHERE state = 'current'").fetchone()["key_id"]
         assert c.execute("SELECT DISTINCT key_id FROM totp_private.factor_secrets").fetchall() == [{"key_id": old}]
         with refused("55000"):  # a node must hold a key before any node seals under it
             c.execute("SELECT * FROM totp.rotate_key()")
+    for dsn in WORKERS:  # key changes are the coordinator's
+        with connect(dsn) as w:
+            for call in ("SELECT totp.add_key()", "SELECT totp.retire_keys()", "SELECT * FROM totp.rotate_key(key_id => 1)"):
+                with refused("55000"):
+                    w.execute(call)
+    with connect(COORDINATOR) as c:
         new = c.execute("SELECT totp.add_key() AS id").fetchone()["id"]
         assert key_ids_in(KEY_FILES[0])[-1] == new
         with refused("58P01") as info:  # not copied yet
             c.execute("SELECT * FROM totp.rotate_key(key_id => %s)", (new,))
         assert "missing from the key file" in info.value.diag.message_detail
         copy_key_file(KEY_FILES[1:])
+        assert current_keys(WORKERS) == [old] * len(WORKERS)  # distribute() named it on every node
         r = c.execute("SELECT * FROM totp.rotate_key(key_id => %s)", (new,)).fetchone()
+        assert current_keys([COORDINATOR] + WORKERS) == [new] * (len(WORKERS) + 1)
         assert r["new_key_id"] == new and r["resealed"] >= 6 and r["unreadable"] == 0
         assert c.execute("SELECT count(*) AS n FROM totp_private.factor_secrets WHERE key_id <> %s", (new,)).fetchone()["n"] == 0
         assert c.execute("SELECT totp.retire_keys() AS r").fetchone()["r"] == [old]
@@ -273,8 +305,8 @@ def test_a_shard_move_keeps_identities_verifying(cluster):
         assert status == "approved"
 
 
-@pytest.mark.skipif(len(SPARE) != 2, reason="no spare node (TOTP_VERIFY_CITUS_SPARE)")
 def test_a_node_added_later(cluster):
+    assert len(SPARE) == 2, "TOTP_VERIFY_CITUS_SPARE: the DSN and key file of a node to add"
     dsn, key_file = SPARE
     service = cluster["service"]
     with connect(COORDINATOR) as c:
@@ -293,6 +325,8 @@ def test_a_node_added_later(cluster):
         assert on_new > 0
     with as_app(dsn) as app:  # the grants reached it
         assert app.execute("SELECT count(*) AS n FROM totp.factors").fetchone()["n"] > 0
+    # It seals with the coordinator's current key, told by distribute(), not one of its own choice.
+    assert len(set(current_keys([COORDINATOR, dsn] + WORKERS))) == 1
     with as_app(COORDINATOR) as app:
         for i in range(10):
             enrol(app, service, f"late-{i}")

@@ -74,16 +74,6 @@ static ADDED: Sql = Sql { text: "SELECT key_id FROM totp_private.keys WHERE stat
 
 static KEY_STATE: Sql = Sql { text: "SELECT state FROM totp_private.keys WHERE key_id = $1", params: &[INT8] };
 
-// Whether totp.distribute() ran (the secrets are a distributed table). Asked only where Citus is
-// installed: pg_dist_partition does not exist elsewhere.
-static CITUS_INSTALLED: Sql =
-    Sql { text: "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')", params: &[] };
-static DISTRIBUTED: Sql = Sql {
-    text: "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition \
-           WHERE logicalrelid = 'totp_private.factor_secrets'::pg_catalog.regclass)",
-    params: &[],
-};
-
 // The workers whose key file lacks the key, or that could not say.
 static WORKERS_WITHOUT_KEY: Sql = Sql {
     text: "SELECT w.nodename || ':' || w.nodeport FROM pg_catalog.run_command_on_workers(\
@@ -101,10 +91,34 @@ static WORKERS_MAKE_CURRENT: Sql = Sql {
     params: &[INT8],
 };
 
-fn distributed(client: &mut SpiClient<'_>) -> TotpResult<bool> {
-    let citus: bool = db::req(&db::exec(client, &CITUS_INSTALLED, &[])?.first(), 1)?;
-    Ok(citus && db::req::<bool>(&db::exec(client, &DISTRIBUTED, &[])?.first(), 1)?)
+/// Whether the tables are distributed over Citus; key changes there are the coordinator's.
+fn distributed(client: &mut SpiClient<'_>, what: &'static str) -> TotpResult<bool> {
+    let (distributed, coordinator) = keyring::citus(client)?;
+    if distributed && !coordinator {
+        return Err(TotpError::KeyChangeOnWorker { what });
+    }
+    Ok(distributed)
 }
+
+// The keys each worker seals with or waits to: never retired while a worker may use them.
+static WORKER_KEYS_IN_USE: Sql = Sql {
+    text: "SELECT k FROM pg_catalog.run_command_on_workers(\
+           $c$SELECT pg_catalog.array_to_string(pg_catalog.array_agg(key_id), ',') FROM totp_private.keys \
+           WHERE state IN ('current', 'added')$c$) w, \
+           pg_catalog.unnest(pg_catalog.string_to_array(nullif(w.result, ''), ',')::pg_catalog.int8[]) k \
+           WHERE w.success \
+           UNION ALL SELECT -1 FROM pg_catalog.run_command_on_workers('SELECT 1') w WHERE NOT w.success",
+    params: &[],
+};
+
+// Waits on every worker for the enrolments still holding the key (each holds its key's row FOR
+// KEY SHARE on its own node), as LOCK_KEY does here.
+static WORKERS_LOCK_KEY: Sql = Sql {
+    text: "SELECT w.nodename FROM pg_catalog.run_command_on_workers(pg_catalog.format(\
+           'SELECT count(*) FROM (SELECT FROM totp_private.keys WHERE key_id = %s FOR UPDATE) k', $1::pg_catalog.int8)) w \
+           WHERE NOT w.success",
+    params: &[INT8],
+};
 
 /// Key files decide which key material seals every secret: only superusers may change them,
 /// whatever EXECUTE has been granted (for instance by `GRANT EXECUTE ON ALL FUNCTIONS`). Key
@@ -127,6 +141,16 @@ fn require_key_manager(what: &'static str) -> TotpResult<()> {
 /// after waiting for the enrolments that hold it.
 fn retire_unused(client: &mut SpiClient<'_>, path: &Path) -> TotpResult<Vec<i64>> {
     let keys = keyring::keys_in(path)?;
+    // On Citus each worker has its own current key, and its own enrolments holding it.
+    let cluster = distributed(client, "retire keys")?;
+    let worker_keys: Vec<i64> = if cluster {
+        db::exec(client, &WORKER_KEYS_IN_USE, &[])?.map(|row| db::req_at(&row, 1)).collect::<TotpResult<_>>()?
+    } else {
+        Vec::new()
+    };
+    if worker_keys.contains(&-1) {
+        return Err(TotpError::WorkerFailed { what: "retire keys", nodes: "a worker".into() });
+    }
     // Before any secret is sealed there is no current row; the file's last key is kept then.
     let current = keyring::current_id(client)?.or_else(|| keys.last().map(|(id, _)| *id));
     // A key added for a staged rotation is waiting to become current, not unused.
@@ -134,9 +158,17 @@ fn retire_unused(client: &mut SpiClient<'_>, path: &Path) -> TotpResult<Vec<i64>
     let mut kept = Vec::new();
     let mut retired = Vec::new();
     for (id, key) in keys {
-        if Some(id) == current || added.contains(&id) {
+        if Some(id) == current || added.contains(&id) || worker_keys.contains(&id) {
             kept.push((id, key));
             continue;
+        }
+        if cluster {
+            let failed: Vec<String> = db::exec(client, &WORKERS_LOCK_KEY, &[arg(id)])?
+                .map(|row| db::req_at(&row, 1))
+                .collect::<TotpResult<_>>()?;
+            if !failed.is_empty() {
+                return Err(TotpError::WorkerFailed { what: "retire keys", nodes: failed.join(", ") });
+            }
         }
         db::exec(client, &LOCK_KEY, &[arg(id)])?;
         let in_use: bool = db::req(&db::exec(client, &KEY_IN_USE, &[arg(id)])?.first(), 1)?;
@@ -238,7 +270,7 @@ fn rotate_key(
     let (new_id, new_key, retired) = Spi::connect_mut(|client| -> TotpResult<_> {
         let path = keyring::lock_for_change(client)?;
         keyring::current_for_sealing(client)?; // makes the first key if this database has none yet
-        if distributed(client)? {
+        if distributed(client, "rotate keys")? {
             let Some(id) = key_id else { return Err(TotpError::RotationNeedsAddedKey) };
             let lacking: Vec<String> = db::exec(client, &WORKERS_WITHOUT_KEY, &[arg(id)])?
                 .map(|row| db::req_at(&row, 1))
@@ -268,12 +300,13 @@ fn rotate_key(
                 (id, key)
             }
         };
-        if distributed(client)? {
+        if distributed(client, "rotate keys")? {
             let failed: Vec<String> = db::exec(client, &WORKERS_MAKE_CURRENT, &[arg(new_id)])?
                 .map(|row| db::req_at(&row, 1))
                 .collect::<TotpResult<_>>()?;
             if !failed.is_empty() {
-                return Err(TotpError::KeyNotOnEveryNode { key_id: new_id, nodes: failed.join("; ") });
+                // Workers that made it current stay so: safe, every node's file holds the key.
+                return Err(TotpError::WorkerFailed { what: "rotate keys", nodes: failed.join("; ") });
             }
         }
         db::exec(client, &MARK, &[arg(new_id), arg("current")])?;
@@ -299,6 +332,7 @@ fn add_key() -> Result<i64, ErrorReport> {
     require_key_manager("add keys")?;
     Ok(Spi::connect_mut(|client| -> TotpResult<i64> {
         let path = keyring::lock_for_change(client)?;
+        distributed(client, "add keys")?;
         keyring::current_for_sealing(client)?; // the first key comes first
         let mut keys = keyring::keys_in(&path)?;
         let (id, key) = keyfile::generate();
@@ -331,7 +365,6 @@ fn make_key_current(key_id: Option<i64>) -> Result<(), ErrorReport> {
     let id = crate::api::required("key_id", key_id)?;
     Ok(Spi::connect_mut(|client| -> TotpResult<()> {
         let path = keyring::lock_for_change(client)?;
-        keyring::current_for_sealing(client)?;
         if !keyring::keys_in(&path)?.iter().any(|(k, _)| *k == id) {
             return Err(TotpError::KeyNotAdded { key_id: id, state: None });
         }
