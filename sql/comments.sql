@@ -133,7 +133,7 @@ BEGIN
             ('add_key', 'Add a new key to the key file without making it current (a rotation in stages, as on Citus)'),
             ('make_key_current', 'Make a key of this node''s key file current here (what rotate_key runs on each Citus worker)'),
             ('key_file_ids', 'The ids of the keys in this database''s key file (never the keys)'),
-            ('distribute', 'Citus: make services and keys reference tables, distribute every per-user table by identity, delegate identity-scoped functions; rerun after adding nodes'),
+            ('distribute', 'Citus: make services a reference table, distribute every per-user table by identity, delegate identity-scoped functions, name the current key on every node; rerun after adding nodes'),
             ('services_digest', 'SHA-256 of every service''s SID and settings (not dates): equal on nodes that agree'),
             ('undistribute', 'Citus: turn the tables back into local tables and stop delegating (before DROP EXTENSION)'),
             ('retire_keys', 'Remove keys no secret uses from the key file'),

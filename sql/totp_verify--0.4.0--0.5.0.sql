@@ -208,6 +208,10 @@ BEGIN
         RAISE EXCEPTION 'totp.distribute() runs on the Citus coordinator' USING ERRCODE = '55000';
     END IF;
 
+    -- DDL on the reference tables after DDL on the distributed ones that reference them (the
+    -- grants of a rerun) needs one connection per node.
+    PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+
     -- One key story for the cluster: every node reads the same key file (totp_verify.key_file),
     -- and it holds every key a secret may name. Per-database files in each data directory would
     -- give each node keys of its own (XX001 after a shard move or on a new node).
@@ -259,36 +263,18 @@ BEGIN
     object := 'keys'; action := pg_catalog.format('key %s current on every node', current_key); RETURN NEXT;
 
     -- Citus runs a query's shard tasks with the caller's own rights on the worker, so a role that
-    -- reads a view needs SELECT on the table behind it (never factor_secrets) and USAGE on
-    -- totp_private. Kept in step with the view grants: given where a view is readable, taken
-    -- back where it no longer is. GRANT and REVOKE on a distributed or reference table reach its
-    -- shards; USAGE on the schema reaches the workers through the replay below.
+    -- reads a view needs USAGE on totp_private there and SELECT on the table behind the view
+    -- (never factor_secrets). USAGE first, here on the coordinator (it reaches the workers through
+    -- the replay below); the table grants after the replay, which they would otherwise block
+    -- (GRANT on a distributed table holds locks on the shards until this transaction ends).
     FOR holder IN
-        SELECT a.grantee::regrole AS role, c.relname AS tbl
-          FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
-         WHERE c.relnamespace = 'totp_private'::regnamespace AND c.relkind = 'r' AND a.privilege_type = 'SELECT'
-           AND a.grantee <> 0 AND a.grantee <> c.relowner
-        EXCEPT
-        SELECT a.grantee::regrole, v.relname
-          FROM pg_catalog.pg_class v, pg_catalog.aclexplode(v.relacl) a
-         WHERE v.relnamespace = 'totp'::regnamespace AND v.relkind = 'v' AND a.privilege_type = 'SELECT'
-    LOOP
-        EXECUTE pg_catalog.format('REVOKE SELECT ON totp_private.%I FROM %s', holder.tbl, holder.role);
-        object := 'totp_private.' || holder.tbl; action := pg_catalog.format('SELECT revoked from %s', holder.role);
-        RETURN NEXT;
-    END LOOP;
-    FOR holder IN
-        SELECT DISTINCT a.grantee::regrole AS role, v.relname AS view
+        SELECT DISTINCT a.grantee::regrole AS role
           FROM pg_catalog.pg_class v, pg_catalog.aclexplode(v.relacl) a
          WHERE v.relnamespace = 'totp'::regnamespace AND v.relkind = 'v' AND a.privilege_type = 'SELECT'
            AND a.grantee <> 0 AND a.grantee <> v.relowner
-           AND v.relname IN ('services', 'entities', 'factors', 'challenges', 'events')
-         ORDER BY 1, 2
+         ORDER BY 1
     LOOP
         EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA totp_private TO %s', holder.role);
-        EXECUTE pg_catalog.format('GRANT SELECT ON totp_private.%I TO %s', holder.view, holder.role);
-        object := 'totp_private.' || holder.view; action := pg_catalog.format('SELECT granted to %s', holder.role);
-        RETURN NEXT;
     END LOOP;
 
     -- Grants on the extension's own objects made before they were distributed (the grant sets,
@@ -322,6 +308,37 @@ BEGIN
     END LOOP;
     object := 'grants'; action := 'replayed on every worker'; RETURN NEXT;
 
+    -- The tables behind the views, kept in step with the view grants: given where a view is
+    -- readable, taken back where it no longer is. GRANT and REVOKE on a distributed or reference
+    -- table reach its shards; on a table about to be distributed, its shards copy them.
+    FOR holder IN
+        SELECT a.grantee::regrole AS role, c.relname AS tbl
+          FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+         WHERE c.relnamespace = 'totp_private'::regnamespace AND c.relkind = 'r' AND a.privilege_type = 'SELECT'
+           AND a.grantee <> 0 AND a.grantee <> c.relowner
+        EXCEPT
+        SELECT a.grantee::regrole, v.relname
+          FROM pg_catalog.pg_class v, pg_catalog.aclexplode(v.relacl) a
+         WHERE v.relnamespace = 'totp'::regnamespace AND v.relkind = 'v' AND a.privilege_type = 'SELECT'
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE SELECT ON totp_private.%I FROM %s', holder.tbl, holder.role);
+        object := 'totp_private.' || holder.tbl; action := pg_catalog.format('SELECT revoked from %s', holder.role);
+        RETURN NEXT;
+    END LOOP;
+    FOR holder IN
+        SELECT DISTINCT a.grantee::regrole AS role, v.relname AS view
+          FROM pg_catalog.pg_class v, pg_catalog.aclexplode(v.relacl) a
+         WHERE v.relnamespace = 'totp'::regnamespace AND v.relkind = 'v' AND a.privilege_type = 'SELECT'
+           AND a.grantee <> 0 AND a.grantee <> v.relowner
+           AND v.relname IN ('services', 'entities', 'factors', 'challenges', 'events')
+         ORDER BY 1, 2
+    LOOP
+        EXECUTE pg_catalog.format('GRANT SELECT ON totp_private.%I TO %s', holder.view, holder.role);
+        object := 'totp_private.' || holder.view; action := pg_catalog.format('SELECT granted to %s', holder.role);
+        RETURN NEXT;
+    END LOOP;
+
+
     -- Services are read by every call on every node: a reference table. The switch keeps Citus
     -- from converting the per-user tables, which reference services, to Citus local tables on the
     -- way. The key bookkeeping (totp_private.keys) stays each node's own: an enrolment locks its
@@ -329,9 +346,6 @@ BEGIN
     -- deadlocks one transaction enrolling identities on two workers. rotate_key() keeps the nodes
     -- in step instead.
     PERFORM pg_catalog.set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
-    -- DDL on the reference tables after DDL on the distributed ones that reference them (the
-    -- grants below) needs one connection per node.
-    PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
     FOREACH tbl IN ARRAY ARRAY['totp_private.services'] LOOP
         IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = tbl::regclass) THEN
             object := tbl; action := 'reference table already'; RETURN NEXT;
@@ -652,7 +666,7 @@ BEGIN
             ('add_key', 'Add a new key to the key file without making it current (a rotation in stages, as on Citus)'),
             ('make_key_current', 'Make a key of this node''s key file current here (what rotate_key runs on each Citus worker)'),
             ('key_file_ids', 'The ids of the keys in this database''s key file (never the keys)'),
-            ('distribute', 'Citus: make services and keys reference tables, distribute every per-user table by identity, delegate identity-scoped functions; rerun after adding nodes'),
+            ('distribute', 'Citus: make services a reference table, distribute every per-user table by identity, delegate identity-scoped functions, name the current key on every node; rerun after adding nodes'),
             ('services_digest', 'SHA-256 of every service''s SID and settings (not dates): equal on nodes that agree'),
             ('undistribute', 'Citus: turn the tables back into local tables and stop delegating (before DROP EXTENSION)'),
             ('retire_keys', 'Remove keys no secret uses from the key file'),
