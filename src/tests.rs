@@ -280,7 +280,7 @@ mod tests {
             ")::totp.new_factor",
             ")::totp.challenges",
             "INSERT INTO totp_private.events",
-            "FOR UPDATE SKIP LOCKED",
+            "AND key_id <> $3 FOR UPDATE SKIP LOCKED",
         ] {
             assert!(texts.iter().any(|t| t.contains(needle)), "the run did not execute a statement with {needle:?}");
         }
@@ -291,6 +291,18 @@ mod tests {
             strict_checked += usize::from(strict);
             for problem in shape_problems(sql, strict) {
                 bad.push(format!("{problem}: {}", sql.text));
+            }
+        }
+        // A row lock on a per-identity table must be a query on one identity: Citus cannot lock
+        // rows of a query over many shards.
+        for sql in &executed {
+            let locks =
+                ["FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE"].iter().any(|l| sql.text.contains(l));
+            let per_identity = ["entities", "factors", "factor_secrets", "challenges", "events"]
+                .iter()
+                .any(|table| sql.text.contains(&format!("FROM totp_private.{table} ")));
+            if locks && per_identity && !sql.text.contains("identity = $") {
+                bad.push(format!("row lock over many identities: {}", sql.text));
             }
         }
         assert!(strict_checked >= 12, "only {strict_checked} per-identity writes were checked");
