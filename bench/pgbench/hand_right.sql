@@ -2,7 +2,7 @@
 -- against the secret it read (client side, not server time) and records the accepted step
 -- (its replay guard) instead of a failure.
 \set n random(1, :nfactors)
-\set r random(1, 999999999999)
+\set r random(1, 9000000000000000000)
 BEGIN;
 SELECT secret, last_step FROM bench.app_factors WHERE identity = 'u' || :n FOR UPDATE;
 UPDATE bench.app_factors SET last_step = :r, failed = 0 WHERE identity = 'u' || :n;
