@@ -119,6 +119,18 @@ static INSERT_WITH_EVENT: Sql = Sql {
     params: INSERT_PARAMS,
 };
 
+#[cfg(any(test, feature = "pg_test"))]
+pub fn statements() -> Vec<(&'static str, &'static Sql)> {
+    vec![
+        ("challenges::INSERT", &INSERT),
+        ("challenges::INSERT_WITH_EVENT", &INSERT_WITH_EVENT),
+        ("challenges::LOCK", &LOCK),
+        ("challenges::ANSWER", &ANSWER),
+        ("challenges::DENY", &DENY),
+        ("challenges::APPROVE", &APPROVE),
+    ]
+}
+
 /// Creates a challenge for a verified factor. With a right `auth_payload` it is `approved` at
 /// once; with a wrong one it is `pending` (one attempt used) and `update_challenge` may answer
 /// it; without one it is `pending`.

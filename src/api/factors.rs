@@ -426,6 +426,15 @@ static VERIFICATION_FAILED: Sql = Sql {
     params: &[TEXT, TEXT],
 };
 
+#[cfg(any(test, feature = "pg_test"))]
+pub fn statements() -> Vec<(&'static str, &'static Sql)> {
+    vec![
+        ("factors::LOCK", &LOCK),
+        ("factors::VERIFIED", &VERIFIED),
+        ("factors::VERIFICATION_FAILED", &VERIFICATION_FAILED),
+    ]
+}
+
 /// Verifies a new factor with a code from the user's app. A right code makes it `verified` and
 /// is consumed; a wrong one returns the row still `unverified` and counts toward 60310.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
