@@ -292,7 +292,7 @@ mod tests {
             "replay_guards = CASE",
             "c AS (INSERT INTO totp_private.challenges",
             "JOIN totp_private.services sv ON sv.sid = f.service_sid",
-            "FOR UPDATE OF f, c",
+            "FOR UPDATE OF f FOR UPDATE OF c",
             ")::totp.services",
             ")::totp.factors",
             ")::totp.new_factor",

@@ -242,7 +242,8 @@ static FIND: Sql = Sql {
 // The challenge's factor locked (with its secret and its service, as factors::lock reads them),
 // then the challenge locked, in one statement. Lock order is factor, then challenge, as in
 // delete_factor's cascade and update_factor, so that they cannot deadlock: LockRows takes the
-// row marks in the order FOR UPDATE OF names them. The challenge's columns come last.
+// row marks in the order the locking clauses name them (one clause each, to make that plain).
+// The challenge's columns come last.
 static LOCK: Sql = Sql {
     text: concat!(
         "SELECT f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
@@ -257,7 +258,7 @@ static LOCK: Sql = Sql {
          WHERE c.identity = $1 AND c.sid = $2 AND c.service_sid = $3 AND f.identity = $1 \
            AND f.service_sid = $3 AND s.identity = $1 AND sv.sid = $3 \
            AND (f.unverified_until IS NULL OR f.unverified_until > $4) \
-         FOR UPDATE OF f, c"
+         FOR UPDATE OF f FOR UPDATE OF c"
     ),
     params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ],
 };
