@@ -249,6 +249,23 @@ mod tests {
             one(&format!("SELECT status FROM totp.update_challenge('{svc}', 'user-1', '{challenge}', '{}')", code(30)));
         assert_eq!(status, "approved");
         assert!(one::<bool>(&format!("SELECT totp.has_recent_approval('{svc}', 'user-1', '5 minutes')")));
+        // Every variant of the verification statements: wrong answers that leave the challenge
+        // pending, then the one that denies it (its event in the same statement), and a challenge
+        // created denied (max_challenge_attempts 1: the creation's statement records the event).
+        let pending: String =
+            one(&format!("SELECT sid FROM totp.create_challenge('{svc}', 'user-1', '{f}', '{}')", wrong(&code(0))));
+        for expected in ["pending", "pending", "pending", "denied"] {
+            let status: String = one(&format!(
+                "SELECT status FROM totp.update_challenge('{svc}', 'user-1', '{pending}', '{}')",
+                wrong(&code(0))
+            ));
+            assert_eq!(status, expected);
+        }
+        Spi::run(&format!("SELECT totp.update_service('{svc}', max_challenge_attempts => 1)")).unwrap();
+        let status: String =
+            one(&format!("SELECT status FROM totp.create_challenge('{svc}', 'user-1', '{f}', '{}')", wrong(&code(0))));
+        assert_eq!(status, "denied");
+        Spi::run(&format!("SELECT totp.update_service('{svc}', max_challenge_attempts => 5)")).unwrap();
         Spi::run(&format!("SELECT totp.create_challenge('{svc}', 'user-1', '{f}')")).unwrap();
         // There and back: parks the replay guard under 30, then takes it up again; expires pending.
         let last_step: i64 = one(&format!("SELECT last_step FROM totp_private.factors WHERE sid = '{f}'"));
@@ -269,12 +286,17 @@ mod tests {
             &crate::api::maintenance::PRUNE_EVENTS,
         ];
         let executed = crate::db::EXECUTED.with(|done| done.borrow().clone());
+        for (name, sql) in crate::api::verification_statements() {
+            assert!(executed.iter().any(|done| std::ptr::eq(*done, sql)), "the run did not execute {name}");
+        }
         let texts: Vec<&str> = executed.iter().map(|sql| sql.text).collect();
         for needle in [
             "ON CONFLICT (identity, service_sid) DO UPDATE",
             "ON CONFLICT (sid) DO NOTHING",
             "replay_guards = CASE",
-            "WITH c AS (INSERT INTO totp_private.challenges",
+            "c AS (INSERT INTO totp_private.challenges",
+            "JOIN totp_private.services sv ON sv.sid = f.service_sid",
+            "FOR UPDATE OF f FOR UPDATE OF c",
             ")::totp.services",
             ")::totp.factors",
             ")::totp.new_factor",

@@ -51,13 +51,6 @@ fn ts(micros: i64) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(micros).expect("window starts are finite")
 }
 
-static COUNT_CREATION: Sql = Sql {
-    text: "UPDATE totp_private.factors SET challenge_hour_start = $3, challenges_in_hour = $4, \
-             challenge_day_start = $5, challenges_in_day = $6, last_step = COALESCE($7, last_step) \
-           WHERE identity = $1 AND sid = $2",
-    params: &[TEXT, TEXT, TIMESTAMPTZ, INT4, TIMESTAMPTZ, INT4, INT8],
-};
-
 /// The columns of a `totp.challenges` row, in the view's order, as `ROW(...)::totp.challenges`
 /// of alias `c`: rows are built from named columns, never a whole-row reference (`SELECT c`,
 /// `RETURNING c`), which Citus cannot cast from a shard's row type (SPEC §11).
@@ -69,49 +62,73 @@ macro_rules! challenge_row {
     };
 }
 
-// Returns the new row as the view shows it (a new challenge is not yet expired), and records its
-// event ($13: challenge.approved or challenge.denied; NULL for none; $14 its id) in the same
-// statement: one executor start instead of two on the verification path.
-static INSERT: Sql = Sql {
-    text: concat!(
-        "WITH c AS (INSERT INTO totp_private.challenges AS c (identity, sid, service_sid, entity_sid, factor_sid, \
-           status, details, hidden_details, expiration_date, date_responded, date_created, \
-           date_updated, failed_attempts) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) RETURNING c.*), \
-         e AS (INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, challenge_sid, \
+// The whole write of a challenge creation in one statement, one executor start-up: the factor's
+// creation windows and replay guard ($15..$19; the factor is locked), the challenge row, and the
+// new row as the view shows it (a new challenge is not yet expired). INSERT_WITH_EVENT also
+// records its event ($13: challenge.approved or challenge.denied, $14 its id); a pending
+// challenge (the common case, a wrong code) has none and runs INSERT, without the events table's
+// start-up. Both take the same parameters.
+macro_rules! insert_challenge {
+    ($event:literal) => {
+        concat!(
+            "WITH u AS (UPDATE totp_private.factors AS f SET challenge_hour_start = $15, challenges_in_hour = $16, \
+               challenge_day_start = $17, challenges_in_day = $18, last_step = COALESCE($19, f.last_step) \
+               WHERE f.identity = $1 AND f.sid = $5), \
+             c AS (INSERT INTO totp_private.challenges AS c (identity, sid, service_sid, entity_sid, factor_sid, \
+               status, details, hidden_details, expiration_date, date_responded, date_created, \
+               date_updated, failed_attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) RETURNING c.*)",
+            $event,
+            " SELECT ",
+            challenge_row!(),
+            " FROM c"
+        )
+    };
+}
+
+const INSERT_PARAMS: &[pgrx::pg_sys::PgOid] = &[
+    TEXT,
+    TEXT,
+    TEXT,
+    TEXT,
+    TEXT,
+    TEXT,
+    JSONB,
+    JSONB,
+    TIMESTAMPTZ,
+    TIMESTAMPTZ,
+    TIMESTAMPTZ,
+    INT4,
+    TEXT,
+    UUID,
+    TIMESTAMPTZ,
+    INT4,
+    TIMESTAMPTZ,
+    INT4,
+    INT8,
+];
+
+static INSERT: Sql = Sql { text: insert_challenge!(""), params: INSERT_PARAMS };
+
+static INSERT_WITH_EVENT: Sql = Sql {
+    text: insert_challenge!(
+        ", e AS (INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, challenge_sid, \
            date_created) \
-           SELECT c.identity, $14, $13, c.service_sid, c.factor_sid, c.sid, $11 \
-             FROM c WHERE $13 IS NOT NULL) \
-         SELECT ",
-        challenge_row!(),
-        " FROM c"
+           SELECT c.identity, $14, $13, c.service_sid, c.factor_sid, c.sid, $11 FROM c)"
     ),
-    params: &[
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        TEXT,
-        JSONB,
-        JSONB,
-        TIMESTAMPTZ,
-        TIMESTAMPTZ,
-        TIMESTAMPTZ,
-        INT4,
-        TEXT,
-        UUID,
-    ],
+    params: INSERT_PARAMS,
 };
 
-static SELECT_ROW: Sql = Sql {
-    text: concat!("SELECT ", challenge_row!(), " FROM totp.challenges c WHERE c.identity = $1 AND c.sid = $2"),
-    params: &[TEXT, TEXT],
-};
-
-fn row(client: &mut pgrx::spi::SpiClient<'_>, identity: &str, challenge_sid: &str) -> TotpResult<ChallengeRow> {
-    let table = db::exec(client, &SELECT_ROW, &[arg(identity), arg(challenge_sid)])?;
-    db::req(&table.first(), 1)
+#[cfg(any(test, feature = "pg_test"))]
+pub fn statements() -> Vec<(&'static str, &'static Sql)> {
+    vec![
+        ("challenges::INSERT", &INSERT),
+        ("challenges::INSERT_WITH_EVENT", &INSERT_WITH_EVENT),
+        ("challenges::LOCK", &LOCK),
+        ("challenges::ANSWER", &ANSWER),
+        ("challenges::DENY", &DENY),
+        ("challenges::APPROVE", &APPROVE),
+    ]
 }
 
 /// Creates a challenge for a verified factor. With a right `auth_payload` it is `approved` at
@@ -138,7 +155,7 @@ fn create_challenge(
     json_object_arg("hidden_details", hidden_details)?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<ChallengeRow> {
-        let service = super::services::load(client, service_sid, now)?;
+        let (service, factor) = factors::lock(client, service_sid, identity, factor_sid, now)?;
         let expiration_date = match expiration_date {
             None => service.default_expiry,
             Some(date) if !date.is_finite() || date.into_inner() <= now.micros => {
@@ -153,7 +170,6 @@ fn create_challenge(
             }
             Some(date) => date,
         };
-        let factor = factors::lock(client, service_sid, identity, factor_sid, now)?;
         if !factor.verified {
             return Err(TotpError::FactorUnverified);
         }
@@ -162,11 +178,6 @@ fn create_challenge(
             Some(payload) => factor.accepts(client, &service, payload, now)?,
             None => None,
         };
-        db::exec(
-            client,
-            &COUNT_CREATION,
-            &[arg(identity), arg(factor_sid), arg(ts(hour.0)), arg(hour.1), arg(ts(day.0)), arg(day.1), arg(accepted)],
-        )?;
         let wrong = auth_payload.is_some() && accepted.is_none();
         let failed_attempts = i32::from(wrong);
         let status = if accepted.is_some() {
@@ -178,9 +189,10 @@ fn create_challenge(
         };
         let responded = (status != "pending").then(|| now.timestamptz());
         let challenge_sid = sid::generate(SidKind::Challenge);
+        let event = event_of(status);
         let inserted = db::exec(
             client,
-            &INSERT,
+            if event.is_some() { &INSERT_WITH_EVENT } else { &INSERT },
             &[
                 arg(identity),
                 arg(challenge_sid.as_str()),
@@ -194,13 +206,18 @@ fn create_challenge(
                 arg(responded),
                 arg(now.timestamptz()),
                 arg(failed_attempts),
-                arg(event_of(status).map(Event::name)),
-                arg(event_of(status).map(|_| events::new_id())),
+                arg(event.map(Event::name)),
+                arg(event.map(|_| events::new_id())),
+                arg(ts(hour.0)),
+                arg(hour.1),
+                arg(ts(day.0)),
+                arg(day.1),
+                arg(accepted),
             ],
         )?;
         let row: ChallengeRow = db::req(&inserted.first(), 1)?;
-        if event_of(status).is_some() {
-            events::wake(client)?;
+        if event.is_some() {
+            events::wake();
         }
         Ok(row)
     })?)
@@ -215,43 +232,76 @@ fn event_of(status: &str) -> Option<Event> {
     }
 }
 
-fn announce(
-    client: &mut pgrx::spi::SpiClient<'_>,
-    status: &str,
-    service_sid: &str,
-    identity: &str,
-    factor_sid: &str,
-    challenge_sid: &str,
-    now: Now,
-) -> TotpResult<()> {
-    match event_of(status) {
-        Some(event) => events::send(client, event, service_sid, identity, factor_sid, Some(challenge_sid), now),
-        None => Ok(()),
-    }
-}
-
+// The slow path of update_challenge's errors only: which of challenge and factor is missing.
 static FIND: Sql = Sql {
     text: "SELECT factor_sid FROM totp_private.challenges \
            WHERE identity = $1 AND sid = $2 AND service_sid = $3",
     params: &[TEXT, TEXT, TEXT],
 };
 
+// The challenge's factor locked (with its secret and its service, as factors::lock reads them),
+// then the challenge locked, in one statement. Lock order is factor, then challenge, as in
+// delete_factor's cascade and update_factor, so that they cannot deadlock: LockRows takes the
+// row marks in the order the locking clauses name them (one clause each, to make that plain).
+// The challenge's columns come last.
 static LOCK: Sql = Sql {
-    text: "SELECT status, expiration_date, failed_attempts FROM totp_private.challenges \
-           WHERE identity = $1 AND sid = $2 FOR UPDATE",
-    params: &[TEXT, TEXT],
+    text: concat!(
+        "SELECT f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
+           f.failed_verifications, f.challenge_hour_start, f.challenges_in_hour, \
+           f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed, f.unverified_until, ",
+        super::services::service_columns!("$4"),
+        ", c.factor_sid, c.status, c.expiration_date, c.failed_attempts \
+         FROM totp_private.challenges c \
+         JOIN totp_private.factors f ON f.identity = c.identity AND f.sid = c.factor_sid \
+         JOIN totp_private.factor_secrets s ON s.identity = f.identity AND s.factor_sid = f.sid \
+         JOIN totp_private.services sv ON sv.sid = f.service_sid \
+         WHERE c.identity = $1 AND c.sid = $2 AND c.service_sid = $3 AND f.identity = $1 \
+           AND f.service_sid = $3 AND s.identity = $1 AND sv.sid = $3 \
+           AND (f.unverified_until IS NULL OR f.unverified_until > $4) \
+         FOR UPDATE OF f FOR UPDATE OF c"
+    ),
+    params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ],
 };
 
-static ANSWER: Sql = Sql {
-    text: "UPDATE totp_private.challenges SET status = $3, failed_attempts = $4, \
-             date_responded = $5, metadata = COALESCE($6, metadata), date_updated = $7 \
-           WHERE identity = $1 AND sid = $2",
-    params: &[TEXT, TEXT, TEXT, INT4, TIMESTAMPTZ, JSONB, TIMESTAMPTZ],
-};
+// The answer in one statement: the challenge's new state and the row as the view shows it (an
+// answered challenge is not pending, and a pending one was checked unexpired). APPROVE also sets
+// the factor's replay guard to the accepted step ($8); APPROVE and DENY record the event ($10,
+// $11 its id). All three take the same parameters; each runs only the tables it writes.
+macro_rules! answer_challenge {
+    ($($more:expr),*) => {
+        concat!(
+            "WITH c AS (UPDATE totp_private.challenges AS x SET status = $3, failed_attempts = $4, \
+               date_responded = $5, metadata = COALESCE($6, x.metadata), date_updated = $7 \
+               WHERE x.identity = $1 AND x.sid = $2 RETURNING x.*)",
+            $($more,)*
+            " SELECT ",
+            challenge_row!(),
+            " FROM c"
+        )
+    };
+}
 
-static CONSUME_STEP: Sql = Sql {
-    text: "UPDATE totp_private.factors SET last_step = $3 WHERE identity = $1 AND sid = $2",
-    params: &[TEXT, TEXT, INT8],
+macro_rules! answer_event {
+    () => {
+        ", e AS (INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, challenge_sid, \
+           date_created) \
+           SELECT c.identity, $11, $10, c.service_sid, c.factor_sid, c.sid, $7 FROM c)"
+    };
+}
+
+const ANSWER_PARAMS: &[pgrx::pg_sys::PgOid] =
+    &[TEXT, TEXT, TEXT, INT4, TIMESTAMPTZ, JSONB, TIMESTAMPTZ, INT8, TEXT, TEXT, UUID];
+
+static ANSWER: Sql = Sql { text: answer_challenge!(), params: ANSWER_PARAMS };
+
+static DENY: Sql = Sql { text: answer_challenge!(answer_event!()), params: ANSWER_PARAMS };
+
+static APPROVE: Sql = Sql {
+    text: answer_challenge!(
+        ", u AS (UPDATE totp_private.factors AS f SET last_step = $8 WHERE f.identity = $1 AND f.sid = $9)",
+        answer_event!()
+    ),
+    params: ANSWER_PARAMS,
 };
 
 /// Answers a pending challenge with a code. Right: `approved`. Wrong: still `pending`, until
@@ -273,18 +323,25 @@ fn update_challenge(
     json_object_arg("metadata", metadata)?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<ChallengeRow> {
-        let service = super::services::load(client, service_sid, now)?;
-        let found = db::exec(client, &FIND, &[arg(identity), arg(challenge_sid), arg(service_sid)])?;
-        let Some(found) = db::first(found) else {
-            return Err(super::entities::missing(client, service_sid, identity, SidKind::Challenge, challenge_sid));
+        let locked =
+            db::exec(client, &LOCK, &[arg(identity), arg(challenge_sid), arg(service_sid), arg(now.timestamptz())])?;
+        let Some(challenge) = db::first(locked) else {
+            // Which is missing: the service (20404), the challenge, or its factor.
+            super::services::load(client, service_sid, now)?;
+            let found = db::exec(client, &FIND, &[arg(identity), arg(challenge_sid), arg(service_sid)])?;
+            let (kind, sid) = match db::first(found) {
+                Some(found) => (SidKind::Factor, db::req::<String>(&found, 1)?),
+                None => (SidKind::Challenge, challenge_sid.to_string()),
+            };
+            return Err(super::entities::missing(client, service_sid, identity, kind, &sid));
         };
-        let factor_sid: String = db::req(&found, 1)?;
-        // Lock order is factor, then challenge, as in delete_factor's cascade: no deadlock.
-        let factor = factors::lock(client, service_sid, identity, &factor_sid, now)?;
-        let challenge = db::exec(client, &LOCK, &[arg(identity), arg(challenge_sid)])?.first();
-        let status: String = db::req(&challenge, 1)?;
-        let expiration: TimestampWithTimeZone = db::req(&challenge, 2)?;
-        let failed_attempts: i32 = db::req(&challenge, 3)?;
+        let at = factors::FACTOR_COLUMNS + super::services::SERVICE_COLUMNS;
+        let factor_sid: String = db::req(&challenge, at + 1)?;
+        let factor = factors::locked_from_row(&challenge, 0, identity, &factor_sid)?;
+        let service = super::services::from_row(&challenge, factors::FACTOR_COLUMNS)?;
+        let status: String = db::req(&challenge, at + 2)?;
+        let expiration: TimestampWithTimeZone = db::req(&challenge, at + 3)?;
+        let failed_attempts: i32 = db::req(&challenge, at + 4)?;
         match status.as_str() {
             "approved" => return Err(TotpError::ChallengeResponded { status }),
             "denied" => return Err(TotpError::ChallengeAttemptsExhausted { limit: service.max_challenge_attempts }),
@@ -295,18 +352,21 @@ fn update_challenge(
             }
             _ => {}
         }
-        let (status, failed_attempts) = match factor.accepts(client, &service, payload, now)? {
-            Some(step) => {
-                db::exec(client, &CONSUME_STEP, &[arg(identity), arg(factor_sid.as_str()), arg(step)])?;
-                ("approved", failed_attempts)
-            }
-            None if failed_attempts + 1 >= service.max_challenge_attempts => ("denied", failed_attempts + 1),
-            None => ("pending", failed_attempts + 1),
+        let (status, failed_attempts, step) = match factor.accepts(client, &service, payload, now)? {
+            Some(step) => ("approved", failed_attempts, Some(step)),
+            None if failed_attempts + 1 >= service.max_challenge_attempts => ("denied", failed_attempts + 1, None),
+            None => ("pending", failed_attempts + 1, None),
         };
         let responded = (status != "pending").then(|| now.timestamptz());
-        db::exec(
+        let event = event_of(status);
+        let statement = match status {
+            "approved" => &APPROVE,
+            "denied" => &DENY,
+            _ => &ANSWER,
+        };
+        let answered = db::exec(
             client,
-            &ANSWER,
+            statement,
             &[
                 arg(identity),
                 arg(challenge_sid),
@@ -315,10 +375,17 @@ fn update_challenge(
                 arg(responded),
                 arg(metadata),
                 arg(now.timestamptz()),
+                arg(step),
+                arg(factor_sid.as_str()),
+                arg(event.map(Event::name)),
+                arg(event.map(|_| events::new_id())),
             ],
         )?;
-        announce(client, status, service_sid, identity, &factor_sid, challenge_sid, now)?;
-        row(client, identity, challenge_sid)
+        let row: ChallengeRow = db::req(&answered.first(), 1)?;
+        if event.is_some() {
+            events::wake();
+        }
+        Ok(row)
     })?)
 }
 

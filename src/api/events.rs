@@ -68,14 +68,21 @@ pub(crate) static RECORD_SERVICE_DELETION: Sql = Sql {
     params: &[TEXT, TIMESTAMPTZ],
 };
 
-static WAKE: Sql = Sql { text: "SELECT pg_catalog.pg_notify('totp_events', '')", params: &[] };
-
-/// Sends the payload-free wake-up if `totp_verify.notify` is on.
-pub fn wake(client: &mut SpiClient<'_>) -> TotpResult<()> {
+/// Sends the payload-free wake-up if `totp_verify.notify` is on: what `pg_notify('totp_events',
+/// '')` does, called directly rather than through a statement of its own (which cost an approval
+/// an executor start-up). Postgres queues it and sends it at commit, or drops it at rollback.
+pub fn wake() {
     if guc::notify() {
-        db::exec(client, &WAKE, &[])?;
+        use pgrx::IntoDatum;
+        // SAFETY: pg_notify is a built-in taking two non-NULL text arguments and returning void;
+        // pgrx guards the call, so an ERROR it raises becomes this call's.
+        unsafe {
+            pgrx::fcinfo::direct_function_call_as_datum(
+                pgrx::pg_sys::pg_notify,
+                &["totp_events".into_datum(), "".into_datum()],
+            );
+        }
     }
-    Ok(())
 }
 
 /// Records `event` in this transaction.
@@ -101,7 +108,8 @@ pub fn send(
             arg(new_id()),
         ],
     )?;
-    wake(client)
+    wake();
+    Ok(())
 }
 
 /// Records a `factor.deleted` for every factor of the entity, before it is deleted.
@@ -121,7 +129,7 @@ fn record_deletions(
     args: &[pgrx::datum::DatumWithOid<'_>],
 ) -> TotpResult<()> {
     if !db::exec(client, sql, args)?.is_empty() {
-        wake(client)?;
+        wake();
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use super::events::{self, Event};
 use super::services::Service;
 use super::{json_object_arg, required, scope, sid_arg};
 use crate::clock::{unix_seconds, Now, MICROS_PER_DAY};
-use crate::db::{self, arg, Sql, BYTEA, INT4, INT8, JSONB, TEXT, TIMESTAMPTZ};
+use crate::db::{self, arg, Sql, BYTEA, INT4, INT8, JSONB, TEXT, TIMESTAMPTZ, UUID};
 use crate::error::{TotpError, TotpResult};
 use crate::guess_limit::{self, Budget, Refusal};
 use crate::jsonb::Jsonb;
@@ -257,44 +257,67 @@ pub struct LockedFactor {
 }
 
 // Locks the factor row only: the secret row is read as last committed, so a key rotation in
-// progress never blocks a verification.
+// progress never blocks a verification. The service's settings and limits come in the same
+// statement ($4: the call's clock), read as of its snapshot as a separate lookup would read them:
+// one statement per verification fewer, and nothing cached that update_service could make stale.
 static LOCK: Sql = Sql {
-    text: "SELECT f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
-             f.failed_verifications, f.challenge_hour_start, f.challenges_in_hour, \
-             f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed, f.unverified_until \
-           FROM totp_private.factors f \
-           JOIN totp_private.factor_secrets s ON s.identity = f.identity AND s.factor_sid = f.sid \
-           WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 AND s.identity = $1 \
-             AND (f.unverified_until IS NULL OR f.unverified_until > $4) \
-           FOR UPDATE OF f",
+    text: concat!(
+        "SELECT f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
+           f.failed_verifications, f.challenge_hour_start, f.challenges_in_hour, \
+           f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed, f.unverified_until, ",
+        super::services::service_columns!("$4"),
+        " FROM totp_private.factors f \
+         JOIN totp_private.factor_secrets s ON s.identity = f.identity AND s.factor_sid = f.sid \
+         JOIN totp_private.services sv ON sv.sid = f.service_sid \
+         WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 AND s.identity = $1 AND sv.sid = $3 \
+           AND (f.unverified_until IS NULL OR f.unverified_until > $4) \
+         FOR UPDATE OF f"
+    ),
     params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ],
 };
+
+/// The columns of `LOCK` before the service's.
+pub const FACTOR_COLUMNS: usize = 15;
 
 fn micros(ts: Option<pgrx::datum::TimestampWithTimeZone>) -> Option<i64> {
     ts.map(|t| t.into_inner())
 }
 
-/// Locks the factor, or reports 60392 / 60390.
+/// Locks the factor and reads its service, or reports 20404 / 60392 / 60390.
 pub fn lock(
     client: &mut SpiClient<'_>,
     service_sid: &str,
     identity: &str,
     factor_sid: &str,
     now: Now,
-) -> TotpResult<LockedFactor> {
+) -> TotpResult<(Service, LockedFactor)> {
     let table = db::exec(client, &LOCK, &[arg(identity), arg(factor_sid), arg(service_sid), arg(now.timestamptz())])?;
     let Some(row) = db::first(table) else {
+        // Which is missing, the service or the factor: the slow path of an error only.
+        super::services::load(client, service_sid, now)?;
         return Err(super::entities::missing(client, service_sid, identity, SidKind::Factor, factor_sid));
     };
-    let status: String = db::req(&row, 2)?;
-    let alg: String = db::req(&row, 3)?;
-    let code_length: i32 = db::req(&row, 4)?;
-    let time_step: i32 = db::req(&row, 5)?;
-    let skew: i32 = db::req(&row, 6)?;
+    Ok((super::services::from_row(&row, FACTOR_COLUMNS)?, locked_from_row(&row, 0, identity, factor_sid)?))
+}
+
+/// The `LockedFactor` of the current row, whose factor columns (LOCK's first FACTOR_COLUMNS)
+/// start after column `before`.
+pub fn locked_from_row(
+    row: &pgrx::spi::SpiTupleTable<'_>,
+    before: usize,
+    identity: &str,
+    factor_sid: &str,
+) -> TotpResult<LockedFactor> {
+    let at = |n: usize| before + n;
+    let status: String = db::req(row, at(2))?;
+    let alg: String = db::req(row, at(3))?;
+    let code_length: i32 = db::req(row, at(4))?;
+    let time_step: i32 = db::req(row, at(5))?;
+    let skew: i32 = db::req(row, at(6))?;
     Ok(LockedFactor {
         identity: identity.to_string(),
         sid: factor_sid.to_string(),
-        entity_sid: db::req(&row, 1)?,
+        entity_sid: db::req(row, at(1))?,
         verified: status == "verified",
         code_length,
         params: CodeParams {
@@ -303,15 +326,15 @@ pub fn lock(
             step_seconds: time_step as u32,
             skew: skew as u32,
         },
-        last_step: db::get(&row, 7)?,
-        failed_verifications: db::req(&row, 8)?,
-        challenge_hour_start: micros(db::get(&row, 9)?),
-        challenges_in_hour: db::req(&row, 10)?,
-        challenge_day_start: micros(db::get(&row, 11)?),
-        challenges_in_day: db::req(&row, 12)?,
-        key_id: db::req(&row, 13)?,
-        sealed: db::req(&row, 14)?,
-        unverified_until: micros(db::get(&row, 15)?),
+        last_step: db::get(row, at(7))?,
+        failed_verifications: db::req(row, at(8))?,
+        challenge_hour_start: micros(db::get(row, at(9))?),
+        challenges_in_hour: db::req(row, at(10))?,
+        challenge_day_start: micros(db::get(row, at(11))?),
+        challenges_in_day: db::req(row, at(12))?,
+        key_id: db::req(row, at(13))?,
+        sealed: db::req(row, at(14))?,
+        unverified_until: micros(db::get(row, at(15))?),
     })
 }
 
@@ -373,18 +396,44 @@ impl LockedFactor {
     }
 }
 
+// The factor's new state, its factor.verified event ($5: its id, $6: its type) and its public
+// row, in one statement: the verification path runs as few statements as it can. The row is the
+// view's: the factor is verified, so none of the view's filter applies.
 static VERIFIED: Sql = Sql {
-    text: "UPDATE totp_private.factors SET status = 'verified', unverified_until = NULL, \
-             last_step = $3, failed_verifications = 0, date_updated = $4, date_verified = $4 \
-           WHERE identity = $1 AND sid = $2",
-    params: &[TEXT, TEXT, INT8, TIMESTAMPTZ],
+    text: concat!(
+        "WITH f AS (UPDATE totp_private.factors AS x SET status = 'verified', unverified_until = NULL, \
+           last_step = $3, failed_verifications = 0, date_updated = $4, date_verified = $4 \
+           WHERE x.identity = $1 AND x.sid = $2 RETURNING x.*), \
+         e AS (INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, date_created) \
+           SELECT f.identity, $5, $6, f.service_sid, f.sid, $4 FROM f) \
+         SELECT ROW(",
+        factor_columns!(),
+        ")::totp.factors FROM f"
+    ),
+    params: &[TEXT, TEXT, INT8, TIMESTAMPTZ, UUID, TEXT],
 };
 
+// The count and the public row in one statement; the factor is locked and not gone (LOCK's
+// condition), so the view would show this row.
 static VERIFICATION_FAILED: Sql = Sql {
-    text: "UPDATE totp_private.factors SET failed_verifications = failed_verifications + 1 \
-           WHERE identity = $1 AND sid = $2",
+    text: concat!(
+        "WITH f AS (UPDATE totp_private.factors AS x SET failed_verifications = x.failed_verifications + 1 \
+           WHERE x.identity = $1 AND x.sid = $2 RETURNING x.*) \
+         SELECT ROW(",
+        factor_columns!(),
+        ")::totp.factors FROM f"
+    ),
     params: &[TEXT, TEXT],
 };
+
+#[cfg(any(test, feature = "pg_test"))]
+pub fn statements() -> Vec<(&'static str, &'static Sql)> {
+    vec![
+        ("factors::LOCK", &LOCK),
+        ("factors::VERIFIED", &VERIFIED),
+        ("factors::VERIFICATION_FAILED", &VERIFICATION_FAILED),
+    ]
+}
 
 /// Verifies a new factor with a code from the user's app. A right code makes it `verified` and
 /// is consumed; a wrong one returns the row still `unverified` and counts toward 60310.
@@ -402,24 +451,33 @@ fn verify_factor(
     validate::auth_payload(payload).map_err(TotpError::from)?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<FactorRow> {
-        let service = super::services::load(client, service_sid, now)?;
-        let factor = lock(client, service_sid, identity, factor_sid, now)?;
+        let (service, factor) = lock(client, service_sid, identity, factor_sid, now)?;
         if factor.verified {
             return row(client, identity, factor_sid);
         }
         if factor.failed_verifications >= service.max_factor_attempts {
             return Err(TotpError::FactorAttemptsExhausted { limit: service.max_factor_attempts });
         }
-        match factor.accepts(client, &service, payload, now)? {
+        let table = match factor.accepts(client, &service, payload, now)? {
             Some(step) => {
-                db::exec(client, &VERIFIED, &[arg(identity), arg(factor_sid), arg(step), arg(now.timestamptz())])?;
-                events::send(client, Event::FactorVerified, service_sid, identity, factor_sid, None, now)?;
+                let table = db::exec(
+                    client,
+                    &VERIFIED,
+                    &[
+                        arg(identity),
+                        arg(factor_sid),
+                        arg(step),
+                        arg(now.timestamptz()),
+                        arg(events::new_id()),
+                        arg(Event::FactorVerified.name()),
+                    ],
+                )?;
+                events::wake();
+                table
             }
-            None => {
-                db::exec(client, &VERIFICATION_FAILED, &[arg(identity), arg(factor_sid)])?;
-            }
-        }
-        row(client, identity, factor_sid)
+            None => db::exec(client, &VERIFICATION_FAILED, &[arg(identity), arg(factor_sid)])?,
+        };
+        db::req(&table.first(), 1)
     })?)
 }
 
@@ -481,9 +539,8 @@ fn update_factor(
     json_object_arg("metadata", metadata)?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<FactorRow> {
-        super::services::load(client, service_sid, now)?;
         // The lock orders this change after any verification in flight on the factor.
-        let factor = lock(client, service_sid, identity, factor_sid, now)?;
+        let (_, factor) = lock(client, service_sid, identity, factor_sid, now)?;
         let codes_change = alg.is_some_and(|alg| alg != factor.params.alg)
             || code_length.is_some_and(|length| length != factor.code_length)
             || time_step.is_some_and(|step| step as u32 != factor.params.step_seconds)

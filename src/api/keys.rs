@@ -40,8 +40,10 @@ static LOCK_KEY: Sql =
 static LOCK_PREVIOUS: Sql =
     Sql { text: "SELECT key_id FROM totp_private.keys WHERE state = 'previous' FOR UPDATE", params: &[] };
 
+// A rotation to one key supersedes every other added one: it becomes previous, and retirement
+// takes it out of the file once unused (an added key never sealed anything).
 static DEMOTE: Sql = Sql {
-    text: "UPDATE totp_private.keys SET state = 'previous' WHERE state = 'current' AND key_id <> $1",
+    text: "UPDATE totp_private.keys SET state = 'previous' WHERE state IN ('current', 'added') AND key_id <> $1",
     params: &[INT8],
 };
 

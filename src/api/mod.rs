@@ -20,6 +20,15 @@ use totp_core::validate::{self, Invalid};
 use crate::error::{TotpError, TotpResult};
 use crate::jsonb::Jsonb;
 
+/// The statements of the verification path, by name, for the #[pg_test] that checks that its
+/// run executed (and so shape-checked) every one of them.
+#[cfg(any(test, feature = "pg_test"))]
+pub fn verification_statements() -> Vec<(&'static str, &'static crate::db::Sql)> {
+    let mut all = challenges::statements();
+    all.extend(factors::statements());
+    all
+}
+
 /// A required argument: NULL is an invalid-argument error naming it.
 pub fn required<T>(field: &'static str, value: Option<T>) -> TotpResult<T> {
     value.ok_or_else(|| TotpError::required(field))
