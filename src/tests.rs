@@ -315,6 +315,17 @@ mod tests {
                 bad.push(format!("{problem}: {}", sql.text));
             }
         }
+        // Under Citus's forced delegation every statement of an identity-scoped call must stay on
+        // the identity's shard: one that also reads the services reference table is refused
+        // ("queries must filter by the distribution argument in the same colocation group").
+        for sql in &executed {
+            let per_identity = ["entities", "factors", "factor_secrets", "challenges", "events"]
+                .iter()
+                .any(|table| sql.text.contains(&format!("totp_private.{table} ")));
+            if per_identity && sql.text.contains("totp_private.services") && !exempt.contains(&(*sql as *const _)) {
+                bad.push(format!("joins the services reference table to a shard: {}", sql.text));
+            }
+        }
         // A row lock on a per-identity table must be a query on one identity: Citus cannot lock
         // rows of a query over many shards.
         for sql in &executed {

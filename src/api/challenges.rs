@@ -239,27 +239,23 @@ static FIND: Sql = Sql {
     params: &[TEXT, TEXT, TEXT],
 };
 
-// The challenge's factor locked (with its secret and its service, as factors::lock reads them),
+// The challenge's factor locked (with its secret, as factors::lock reads it),
 // then the challenge locked, in one statement. Lock order is factor, then challenge, as in
 // delete_factor's cascade and update_factor, so that they cannot deadlock: LockRows takes the
 // row marks in the order the locking clauses name them (one clause each, to make that plain).
 // The challenge's columns come last.
 static LOCK: Sql = Sql {
-    text: concat!(
-        "SELECT f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
+    text: "SELECT f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
            f.failed_verifications, f.challenge_hour_start, f.challenges_in_hour, \
-           f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed, f.unverified_until, ",
-        super::services::service_columns!("$4"),
-        ", c.factor_sid, c.status, c.expiration_date, c.failed_attempts \
+           f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed, f.unverified_until, \
+           c.factor_sid, c.status, c.expiration_date, c.failed_attempts \
          FROM totp_private.challenges c \
          JOIN totp_private.factors f ON f.identity = c.identity AND f.sid = c.factor_sid \
          JOIN totp_private.factor_secrets s ON s.identity = f.identity AND s.factor_sid = f.sid \
-         JOIN totp_private.services sv ON sv.sid = f.service_sid \
          WHERE c.identity = $1 AND c.sid = $2 AND c.service_sid = $3 AND f.identity = $1 \
-           AND f.service_sid = $3 AND s.identity = $1 AND sv.sid = $3 \
+           AND f.service_sid = $3 AND s.identity = $1 \
            AND (f.unverified_until IS NULL OR f.unverified_until > $4) \
-         FOR UPDATE OF f FOR UPDATE OF c"
-    ),
+         FOR UPDATE OF f FOR UPDATE OF c",
     params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ],
 };
 
@@ -323,11 +319,12 @@ fn update_challenge(
     json_object_arg("metadata", metadata)?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<ChallengeRow> {
+        // The service first, in a statement of its own (see factors::lock: Citus's delegation).
+        let service = super::services::load(client, service_sid, now)?;
         let locked =
             db::exec(client, &LOCK, &[arg(identity), arg(challenge_sid), arg(service_sid), arg(now.timestamptz())])?;
         let Some(challenge) = db::first(locked) else {
-            // Which is missing: the service (20404), the challenge, or its factor.
-            super::services::load(client, service_sid, now)?;
+            // Which is missing: the challenge, or its factor.
             let found = db::exec(client, &FIND, &[arg(identity), arg(challenge_sid), arg(service_sid)])?;
             let (kind, sid) = match db::first(found) {
                 Some(found) => (SidKind::Factor, db::req::<String>(&found, 1)?),
@@ -335,10 +332,9 @@ fn update_challenge(
             };
             return Err(super::entities::missing(client, service_sid, identity, kind, &sid));
         };
-        let at = factors::FACTOR_COLUMNS + super::services::SERVICE_COLUMNS;
+        let at = factors::FACTOR_COLUMNS;
         let factor_sid: String = db::req(&challenge, at + 1)?;
         let factor = factors::locked_from_row(&challenge, 0, identity, &factor_sid)?;
-        let service = super::services::from_row(&challenge, factors::FACTOR_COLUMNS)?;
         let status: String = db::req(&challenge, at + 2)?;
         let expiration: TimestampWithTimeZone = db::req(&challenge, at + 3)?;
         let failed_attempts: i32 = db::req(&challenge, at + 4)?;

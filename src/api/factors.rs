@@ -257,26 +257,21 @@ pub struct LockedFactor {
 }
 
 // Locks the factor row only: the secret row is read as last committed, so a key rotation in
-// progress never blocks a verification. The service's settings and limits come in the same
-// statement ($4: the call's clock), read as of its snapshot as a separate lookup would read them:
-// one statement per verification fewer, and nothing cached that update_service could make stale.
+// progress never blocks a verification ($4: the call's clock). The service comes from its own
+// statement first (see lock).
 static LOCK: Sql = Sql {
-    text: concat!(
-        "SELECT f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
+    text: "SELECT f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
            f.failed_verifications, f.challenge_hour_start, f.challenges_in_hour, \
-           f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed, f.unverified_until, ",
-        super::services::service_columns!("$4"),
-        " FROM totp_private.factors f \
+           f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed, f.unverified_until \
+         FROM totp_private.factors f \
          JOIN totp_private.factor_secrets s ON s.identity = f.identity AND s.factor_sid = f.sid \
-         JOIN totp_private.services sv ON sv.sid = f.service_sid \
-         WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 AND s.identity = $1 AND sv.sid = $3 \
+         WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 AND s.identity = $1 \
            AND (f.unverified_until IS NULL OR f.unverified_until > $4) \
-         FOR UPDATE OF f"
-    ),
+         FOR UPDATE OF f",
     params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ],
 };
 
-/// The columns of `LOCK` before the service's.
+/// The factor's columns of `LOCK` (the challenge's LOCK has these first too).
 pub const FACTOR_COLUMNS: usize = 15;
 
 fn micros(ts: Option<pgrx::datum::TimestampWithTimeZone>) -> Option<i64> {
@@ -291,13 +286,15 @@ pub fn lock(
     factor_sid: &str,
     now: Now,
 ) -> TotpResult<(Service, LockedFactor)> {
+    // The service in a statement of its own: under Citus's delegation every statement must stay on
+    // the identity's shard, and one that joins the services reference table to it does not
+    // ("queries must filter by the distribution argument in the same colocation group").
+    let service = super::services::load(client, service_sid, now)?;
     let table = db::exec(client, &LOCK, &[arg(identity), arg(factor_sid), arg(service_sid), arg(now.timestamptz())])?;
     let Some(row) = db::first(table) else {
-        // Which is missing, the service or the factor: the slow path of an error only.
-        super::services::load(client, service_sid, now)?;
         return Err(super::entities::missing(client, service_sid, identity, SidKind::Factor, factor_sid));
     };
-    Ok((super::services::from_row(&row, FACTOR_COLUMNS)?, locked_from_row(&row, 0, identity, factor_sid)?))
+    Ok((service, locked_from_row(&row, 0, identity, factor_sid)?))
 }
 
 /// The `LockedFactor` of the current row, whose factor columns (LOCK's first FACTOR_COLUMNS)

@@ -348,8 +348,8 @@ pub struct Service {
 }
 
 /// The columns `Service` is read from, of alias `sv` ($N: the call's clock reading), in the order
-/// `from_row` reads them. The verification path reads them in the same statement that locks
-/// the factor (factors::lock_in_service), so that a call runs one statement fewer.
+/// `from_row` reads them. (Not in the statement that locks the factor: under Citus's delegation
+/// a statement may not join the services reference table to the identity's shard.)
 macro_rules! service_columns {
     ($now:literal) => {
         concat!(
@@ -366,10 +366,6 @@ macro_rules! service_columns {
         )
     };
 }
-pub(crate) use service_columns;
-
-/// How many columns `service_columns!` names.
-pub const SERVICE_COLUMNS: usize = 15;
 
 static LOAD: Sql = Sql {
     text: concat!("SELECT ", service_columns!("$2"), " FROM totp_private.services sv WHERE sv.sid = $1"),
