@@ -295,7 +295,6 @@ mod tests {
             "ON CONFLICT (sid) DO NOTHING",
             "replay_guards = CASE",
             "c AS (INSERT INTO totp_private.challenges",
-            "JOIN totp_private.services sv ON sv.sid = f.service_sid",
             "FOR UPDATE OF f FOR UPDATE OF c",
             ")::totp.services",
             ")::totp.factors",
