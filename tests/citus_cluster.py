@@ -209,6 +209,44 @@ def test_identities_spread_and_one_transaction_over_two_workers_commits(cluster)
         assert len(events) == 2
 
 
+def test_every_verification_statement_runs_delegated(cluster):
+    """The statements the verification path runs, each shape at least once on the cluster: a
+    wrong verify_factor, a challenge created denied, and update_challenge answering pending,
+    denied and approved."""
+    service = cluster["service"]
+    with as_app(COORDINATOR) as app:
+        f = app.execute("SELECT sid, binding_secret FROM totp.create_factor(%s, 'shapes-1', 'phone')", (service,)).fetchone()
+        totp = pyotp.TOTP(f["binding_secret"])
+        wait_inside_step(30)
+        assert app.execute("SELECT status FROM totp.verify_factor(%s, 'shapes-1', %s, %s)",
+                           (service, f["sid"], wrong_code(totp.now()))).fetchone()["status"] == "unverified"
+        assert app.execute("SELECT status FROM totp.verify_factor(%s, 'shapes-1', %s, %s)",
+                           (service, f["sid"], totp.now())).fetchone()["status"] == "verified"
+        wait_inside_step(30, margin=8)
+        nxt = totp.at(int(time.time()) + 30)
+        pending = app.execute("SELECT sid, status FROM totp.create_challenge(%s, 'shapes-1', %s)", (service, f["sid"])).fetchone()
+        assert pending["status"] == "pending"
+        assert app.execute("SELECT status FROM totp.update_challenge(%s, 'shapes-1', %s, %s)",
+                           (service, pending["sid"], wrong_code(nxt))).fetchone()["status"] == "pending"
+        assert app.execute("SELECT status FROM totp.update_challenge(%s, 'shapes-1', %s, %s)",
+                           (service, pending["sid"], nxt)).fetchone()["status"] == "approved"
+        doomed = app.execute("SELECT sid FROM totp.create_challenge(%s, 'shapes-1', %s)", (service, f["sid"])).fetchone()["sid"]
+        statuses = [app.execute("SELECT status FROM totp.update_challenge(%s, 'shapes-1', %s, '000000')",
+                                (service, doomed)).fetchone()["status"] for _ in range(5)]
+        assert statuses[-1] == "denied", statuses
+    with connect(COORDINATOR) as c:
+        c.execute("SELECT totp.update_service(%s, max_challenge_attempts => 1)", (service,))
+        try:
+            with as_app(COORDINATOR) as app:
+                denied = app.execute("SELECT status FROM totp.create_challenge(%s, 'shapes-1', %s, '000000')",
+                                     (service, f["sid"])).fetchone()["status"]
+                assert denied == "denied"
+        finally:
+            c.execute("SELECT totp.update_service(%s, max_challenge_attempts => 5)", (service,))
+        events = {r["type"] for r in c.execute("SELECT type FROM totp.events WHERE factor_sid = %s", (f["sid"],))}
+        assert events == {"factor.created", "factor.verified", "challenge.approved", "challenge.denied"}
+
+
 def test_32_sessions_with_the_same_code_give_one_approval(cluster):
     service = cluster["service"]
     with as_app(COORDINATOR) as app:

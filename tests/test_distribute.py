@@ -149,3 +149,31 @@ def test_services_digest_does_not_depend_on_the_session(conn):
         digests.add(conn.execute("SELECT totp.services_digest() AS d").fetchone()["d"])
     conn.execute("RESET intervalstyle")
     assert len(digests) == 1
+
+
+def test_create_challenge_checks_expiration_date_before_looking_for_the_factor(conn, service):
+    # 20404, then the argument (22023), then the factor (60390): the order of 0.4.0, kept when the
+    # statements were merged (a REST client gets 400, not 404, for a bad ExpirationDate).
+    with refused("22023", 60306):
+        conn.execute("SELECT * FROM totp.create_challenge(%s, 'nobody', %s, expiration_date => now() - interval '1 second')",
+                     (service, "YF" + "0" * 32))
+    with refused("P0002", 20404):
+        conn.execute("SELECT * FROM totp.create_challenge(%s, 'nobody', %s, expiration_date => now() - interval '1 second')",
+                     ("VA" + "0" * 32, "YF" + "0" * 32))
+
+
+@pytest.mark.parametrize("column, value", [("skew", -1), ("skew", 3), ("code_length", 9), ("time_step", 0),
+                                           ("status", "'bogus'")])
+def test_a_factor_row_with_settings_out_of_range_is_refused_not_used(conn, service, column, value):
+    """The hot tables have no CHECKs (issue 16); a row that arrives by another route (a restore,
+    a superuser's UPDATE) with a skew of -1 must not widen the code window to billions of steps."""
+    identity = f"corrupt-{column.replace('_', '')}-{str(value).strip(chr(39)).replace('-', 'minus')}"
+    factor = verified_factor(conn, service, identity)
+    conn.execute(f"UPDATE totp_private.factors SET {column} = {value} WHERE sid = %s", (factor["sid"],))
+    code = oathtool(factor["binding_secret"], at=time.time() + 30)
+    with refused("XX000") as info:
+        conn.execute("SELECT * FROM totp.create_challenge(%s, %s, %s, %s)",
+                     (service, identity, factor["sid"], code))
+    assert "out of range" in str(info.value)
+    assert conn.execute("SELECT count(*) AS n FROM totp.challenges WHERE factor_sid = %s",
+                        (factor["sid"],)).fetchone()["n"] == 0

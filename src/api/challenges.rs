@@ -155,7 +155,8 @@ fn create_challenge(
     json_object_arg("hidden_details", hidden_details)?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<ChallengeRow> {
-        let (service, factor) = factors::lock(client, service_sid, identity, factor_sid, now)?;
+        // Error order as before the merged statements: 20404, then expiration_date, then 60392/60390.
+        let service = super::services::load(client, service_sid, now)?;
         let expiration_date = match expiration_date {
             None => service.default_expiry,
             Some(date) if !date.is_finite() || date.into_inner() <= now.micros => {
@@ -170,6 +171,7 @@ fn create_challenge(
             }
             Some(date) => date,
         };
+        let factor = factors::lock_factor(client, service_sid, identity, factor_sid, now)?;
         if !factor.verified {
             return Err(TotpError::FactorUnverified);
         }
@@ -346,7 +348,9 @@ fn update_challenge(
             _ if failed_attempts >= service.max_challenge_attempts => {
                 return Err(TotpError::ChallengeAttemptsExhausted { limit: service.max_challenge_attempts })
             }
-            _ => {}
+            "pending" => {}
+            // No CHECK on the table (see factors::locked_from_row): never answer an unknown state.
+            _ => return Err(TotpError::Internal(format!("challenge {challenge_sid} has an unknown status"))),
         }
         let (status, failed_attempts, step) = match factor.accepts(client, &service, payload, now)? {
             Some(step) => ("approved", failed_attempts, Some(step)),

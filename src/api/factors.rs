@@ -290,11 +290,23 @@ pub fn lock(
     // the identity's shard, and one that joins the services reference table to it does not
     // ("queries must filter by the distribution argument in the same colocation group").
     let service = super::services::load(client, service_sid, now)?;
+    Ok((service, lock_factor(client, service_sid, identity, factor_sid, now)?))
+}
+
+/// Locks the factor of a service already loaded (the caller checked what comes before the lock in
+/// the error order), or reports 60392 / 60390.
+pub fn lock_factor(
+    client: &mut SpiClient<'_>,
+    service_sid: &str,
+    identity: &str,
+    factor_sid: &str,
+    now: Now,
+) -> TotpResult<LockedFactor> {
     let table = db::exec(client, &LOCK, &[arg(identity), arg(factor_sid), arg(service_sid), arg(now.timestamptz())])?;
     let Some(row) = db::first(table) else {
         return Err(super::entities::missing(client, service_sid, identity, SidKind::Factor, factor_sid));
     };
-    Ok((service, locked_from_row(&row, 0, identity, factor_sid)?))
+    locked_from_row(&row, 0, identity, factor_sid)
 }
 
 /// The `LockedFactor` of the current row, whose factor columns (LOCK's first FACTOR_COLUMNS)
@@ -311,6 +323,16 @@ pub fn locked_from_row(
     let code_length: i32 = db::req(row, at(4))?;
     let time_step: i32 = db::req(row, at(5))?;
     let skew: i32 = db::req(row, at(6))?;
+    // The table has no CHECKs (they cost every write; the extension validates what it writes),
+    // but rows can arrive by other routes (a restore, a superuser's UPDATE): a skew of -1 cast
+    // to u32 would widen the window to billions of steps. Refuse such a row outright.
+    if !(3..=8).contains(&code_length)
+        || !(20..=60).contains(&time_step)
+        || !(0..=2).contains(&skew)
+        || !matches!(status.as_str(), "verified" | "unverified")
+    {
+        return Err(TotpError::Internal(format!("factor {factor_sid} has stored settings out of range")));
+    }
     Ok(LockedFactor {
         identity: identity.to_string(),
         sid: factor_sid.to_string(),
