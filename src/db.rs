@@ -78,6 +78,15 @@ pub fn query<'conn>(
     Ok(client.select(&*plan, None, args)?)
 }
 
+/// The first column of every row of `sql`'s result (read-write), which the query declares NOT NULL.
+pub fn column<T: FromDatum + IntoDatum>(
+    client: &mut SpiClient<'_>,
+    sql: &'static Sql,
+    args: &[DatumWithOid<'_>],
+) -> TotpResult<Vec<T>> {
+    exec(client, sql, args)?.map(|row| req_at(&row, 1)).collect()
+}
+
 /// The first row of a result, if any.
 pub fn first(table: SpiTupleTable<'_>) -> Option<SpiTupleTable<'_>> {
     if table.is_empty() {

@@ -247,17 +247,18 @@ static FIND: Sql = Sql {
 // row marks in the order the locking clauses name them (one clause each, to make that plain).
 // The challenge's columns come last.
 static LOCK: Sql = Sql {
-    text: "SELECT f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
-           f.failed_verifications, f.challenge_hour_start, f.challenges_in_hour, \
-           f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed, f.unverified_until, \
-           c.factor_sid, c.status, c.expiration_date, c.failed_attempts \
+    text: concat!(
+        "SELECT ",
+        factors::locked_factor_columns!(),
+        ", c.factor_sid, c.status, c.expiration_date, c.failed_attempts \
          FROM totp_private.challenges c \
          JOIN totp_private.factors f ON f.identity = c.identity AND f.sid = c.factor_sid \
          JOIN totp_private.factor_secrets s ON s.identity = f.identity AND s.factor_sid = f.sid \
          WHERE c.identity = $1 AND c.sid = $2 AND c.service_sid = $3 AND f.identity = $1 \
            AND f.service_sid = $3 AND s.identity = $1 \
            AND (f.unverified_until IS NULL OR f.unverified_until > $4) \
-         FOR UPDATE OF f FOR UPDATE OF c",
+         FOR UPDATE OF f FOR UPDATE OF c"
+    ),
     params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ],
 };
 
@@ -336,7 +337,7 @@ fn update_challenge(
         };
         let at = factors::FACTOR_COLUMNS;
         let factor_sid: String = db::req(&challenge, at + 1)?;
-        let factor = factors::locked_from_row(&challenge, 0, identity, &factor_sid)?;
+        let factor = factors::locked_from_row(&challenge, identity, &factor_sid)?;
         let status: String = db::req(&challenge, at + 2)?;
         let expiration: TimestampWithTimeZone = db::req(&challenge, at + 3)?;
         let failed_attempts: i32 = db::req(&challenge, at + 4)?;

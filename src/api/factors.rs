@@ -260,18 +260,30 @@ pub struct LockedFactor {
 // progress never blocks a verification ($4: the call's clock). The service comes from its own
 // statement first (see lock).
 static LOCK: Sql = Sql {
-    text: "SELECT f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
-           f.failed_verifications, f.challenge_hour_start, f.challenges_in_hour, \
-           f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed, f.unverified_until \
-         FROM totp_private.factors f \
+    text: concat!(
+        "SELECT ",
+        locked_factor_columns!(),
+        " FROM totp_private.factors f \
          JOIN totp_private.factor_secrets s ON s.identity = f.identity AND s.factor_sid = f.sid \
          WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 AND s.identity = $1 \
            AND (f.unverified_until IS NULL OR f.unverified_until > $4) \
-         FOR UPDATE OF f",
+         FOR UPDATE OF f"
+    ),
     params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ],
 };
 
-/// The factor's columns of `LOCK` (the challenge's LOCK has these first too).
+/// The columns `locked_from_row` reads, of aliases `f` (the factor) and `s` (its secret): first in
+/// this module's LOCK and in the challenge's, so that both are read by the same code.
+macro_rules! locked_factor_columns {
+    () => {
+        "f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
+         f.failed_verifications, f.challenge_hour_start, f.challenges_in_hour, \
+         f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed, f.unverified_until"
+    };
+}
+pub(crate) use locked_factor_columns;
+
+/// How many columns `locked_factor_columns!` names.
 pub const FACTOR_COLUMNS: usize = 15;
 
 fn micros(ts: Option<pgrx::datum::TimestampWithTimeZone>) -> Option<i64> {
@@ -306,29 +318,24 @@ pub fn lock_factor(
     let Some(row) = db::first(table) else {
         return Err(super::entities::missing(client, service_sid, identity, SidKind::Factor, factor_sid));
     };
-    locked_from_row(&row, 0, identity, factor_sid)
+    locked_from_row(&row, identity, factor_sid)
 }
 
-/// The `LockedFactor` of the current row, whose factor columns (LOCK's first FACTOR_COLUMNS)
-/// start after column `before`.
+/// The `LockedFactor` of the current row, whose first columns are `locked_factor_columns!`.
 pub fn locked_from_row(
     row: &pgrx::spi::SpiTupleTable<'_>,
-    before: usize,
     identity: &str,
     factor_sid: &str,
 ) -> TotpResult<LockedFactor> {
-    let at = |n: usize| before + n;
-    let status: String = db::req(row, at(2))?;
-    let alg: String = db::req(row, at(3))?;
-    let code_length: i32 = db::req(row, at(4))?;
-    let time_step: i32 = db::req(row, at(5))?;
-    let skew: i32 = db::req(row, at(6))?;
+    let status: String = db::req(row, 2)?;
+    let alg: String = db::req(row, 3)?;
+    let code_length: i32 = db::req(row, 4)?;
+    let time_step: i32 = db::req(row, 5)?;
+    let skew: i32 = db::req(row, 6)?;
     // The table has no CHECKs (they cost every write; the extension validates what it writes),
     // but rows can arrive by other routes (a restore, a superuser's UPDATE): a skew of -1 cast
     // to u32 would widen the window to billions of steps. Refuse such a row outright.
-    if !(3..=8).contains(&code_length)
-        || !(20..=60).contains(&time_step)
-        || !(0..=2).contains(&skew)
+    if validate::settings(Some(time_step), Some(code_length), Some(skew)).is_err()
         || !matches!(status.as_str(), "verified" | "unverified")
     {
         return Err(TotpError::Internal(format!("factor {factor_sid} has stored settings out of range")));
@@ -336,7 +343,7 @@ pub fn locked_from_row(
     Ok(LockedFactor {
         identity: identity.to_string(),
         sid: factor_sid.to_string(),
-        entity_sid: db::req(row, at(1))?,
+        entity_sid: db::req(row, 1)?,
         verified: status == "verified",
         code_length,
         params: CodeParams {
@@ -345,15 +352,15 @@ pub fn locked_from_row(
             step_seconds: time_step as u32,
             skew: skew as u32,
         },
-        last_step: db::get(row, at(7))?,
-        failed_verifications: db::req(row, at(8))?,
-        challenge_hour_start: micros(db::get(row, at(9))?),
-        challenges_in_hour: db::req(row, at(10))?,
-        challenge_day_start: micros(db::get(row, at(11))?),
-        challenges_in_day: db::req(row, at(12))?,
-        key_id: db::req(row, at(13))?,
-        sealed: db::req(row, at(14))?,
-        unverified_until: micros(db::get(row, at(15))?),
+        last_step: db::get(row, 7)?,
+        failed_verifications: db::req(row, 8)?,
+        challenge_hour_start: micros(db::get(row, 9)?),
+        challenges_in_hour: db::req(row, 10)?,
+        challenge_day_start: micros(db::get(row, 11)?),
+        challenges_in_day: db::req(row, 12)?,
+        key_id: db::req(row, 13)?,
+        sealed: db::req(row, 14)?,
+        unverified_until: micros(db::get(row, 15)?),
     })
 }
 

@@ -76,22 +76,40 @@ static ADDED: Sql = Sql { text: "SELECT key_id FROM totp_private.keys WHERE stat
 
 static KEY_STATE: Sql = Sql { text: "SELECT state FROM totp_private.keys WHERE key_id = $1", params: &[INT8] };
 
-// The workers whose key file lacks the key, or that could not say.
-static WORKERS_WITHOUT_KEY: Sql = Sql {
-    text: "SELECT w.nodename || ':' || w.nodeport FROM pg_catalog.run_command_on_workers(\
-           pg_catalog.format('SELECT %s = ANY (totp.key_file_ids())', $1::pg_catalog.int8)) w \
-           WHERE NOT w.success OR w.result <> 't' ORDER BY 1",
-    params: &[INT8],
+// A command on every Citus worker, each in a transaction of its own: (node, succeeded, result).
+static ON_WORKERS: Sql = Sql {
+    text: "SELECT w.nodename || ':' || w.nodeport, w.success, w.result \
+           FROM pg_catalog.run_command_on_workers($1) w ORDER BY 1",
+    params: &[TEXT],
 };
 
-// Each worker keeps its own bookkeeping (see sql/distribute.sql): make the key current there, each
-// in its own transaction, before the coordinator re-seals anything under it.
-static WORKERS_MAKE_CURRENT: Sql = Sql {
-    text: "SELECT w.nodename || ':' || w.nodeport || ': ' || w.result FROM pg_catalog.run_command_on_workers(\
-           pg_catalog.format('SELECT totp.make_key_current(%s)', $1::pg_catalog.int8)) w \
-           WHERE NOT w.success ORDER BY 1",
-    params: &[INT8],
-};
+struct WorkerAnswer {
+    node: String,
+    success: bool,
+    result: String,
+}
+
+fn on_workers(client: &mut SpiClient<'_>, command: &str) -> TotpResult<Vec<WorkerAnswer>> {
+    db::exec(client, &ON_WORKERS, &[arg(command)])?
+        .map(|row| {
+            Ok(WorkerAnswer { node: db::req_at(&row, 1)?, success: db::req_at(&row, 2)?, result: db::req_at(&row, 3)? })
+        })
+        .collect()
+}
+
+/// Runs `command` on every worker; an error naming the workers where it failed, if any.
+fn on_every_worker(client: &mut SpiClient<'_>, what: &'static str, command: &str) -> TotpResult<()> {
+    let failed: Vec<String> = on_workers(client, command)?
+        .into_iter()
+        .filter(|answer| !answer.success)
+        .map(|answer| format!("{}: {}", answer.node, answer.result))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(TotpError::WorkerFailed { what, nodes: failed.join("; ") })
+    }
+}
 
 /// Whether the tables are distributed over Citus; key changes there are the coordinator's.
 fn distributed(client: &mut SpiClient<'_>, what: &'static str) -> TotpResult<bool> {
@@ -101,26 +119,6 @@ fn distributed(client: &mut SpiClient<'_>, what: &'static str) -> TotpResult<boo
     }
     Ok(distributed)
 }
-
-// The keys each worker seals with or waits to: never retired while a worker may use them.
-static WORKER_KEYS_IN_USE: Sql = Sql {
-    text: "SELECT k FROM pg_catalog.run_command_on_workers(\
-           $c$SELECT pg_catalog.array_to_string(pg_catalog.array_agg(key_id), ',') FROM totp_private.keys \
-           WHERE state IN ('current', 'added')$c$) w, \
-           pg_catalog.unnest(pg_catalog.string_to_array(nullif(w.result, ''), ',')::pg_catalog.int8[]) k \
-           WHERE w.success \
-           UNION ALL SELECT -1 FROM pg_catalog.run_command_on_workers('SELECT 1') w WHERE NOT w.success",
-    params: &[],
-};
-
-// Waits on every worker for the enrolments still holding the key (each holds its key's row FOR
-// KEY SHARE on its own node), as LOCK_KEY does here.
-static WORKERS_LOCK_KEY: Sql = Sql {
-    text: "SELECT w.nodename FROM pg_catalog.run_command_on_workers(pg_catalog.format(\
-           'SELECT count(*) FROM (SELECT FROM totp_private.keys WHERE key_id = %s FOR UPDATE) k', $1::pg_catalog.int8)) w \
-           WHERE NOT w.success",
-    params: &[INT8],
-};
 
 /// Key files decide which key material seals every secret: only superusers may change them,
 /// whatever EXECUTE has been granted (for instance by `GRANT EXECUTE ON ALL FUNCTIONS`). Key
@@ -141,22 +139,29 @@ fn require_key_manager(what: &'static str) -> TotpResult<()> {
 
 /// Removes from the key file (at commit) every key but the current one that no secret uses,
 /// after waiting for the enrolments that hold it.
-fn retire_unused(client: &mut SpiClient<'_>, path: &Path) -> TotpResult<Vec<i64>> {
+fn retire_unused(client: &mut SpiClient<'_>, path: &Path, cluster: bool) -> TotpResult<Vec<i64>> {
     let keys = keyring::keys_in(path)?;
-    // On Citus each worker has its own current key, and its own enrolments holding it.
-    let cluster = distributed(client, "retire keys")?;
-    let worker_keys: Vec<i64> = if cluster {
-        db::exec(client, &WORKER_KEYS_IN_USE, &[])?.map(|row| db::req_at(&row, 1)).collect::<TotpResult<_>>()?
-    } else {
-        Vec::new()
-    };
-    if worker_keys.contains(&-1) {
-        return Err(TotpError::WorkerFailed { what: "retire keys", nodes: "a worker".into() });
+    // On Citus each worker has its own current key, and its own enrolments holding it: never
+    // retire a key a worker seals with or waits to.
+    let mut worker_keys: Vec<i64> = Vec::new();
+    if cluster {
+        for answer in on_workers(
+            client,
+            "SELECT pg_catalog.array_to_string(pg_catalog.array_agg(key_id), ',') FROM totp_private.keys \
+             WHERE state IN ('current', 'added')",
+        )? {
+            if !answer.success {
+                return Err(TotpError::WorkerFailed { what: "retire keys", nodes: answer.node });
+            }
+            for id in answer.result.split(',').filter(|id| !id.is_empty()) {
+                worker_keys.push(id.parse().map_err(|_| TotpError::Internal(format!("key id {id:?} from a worker")))?);
+            }
+        }
     }
     // Before any secret is sealed there is no current row; the file's last key is kept then.
     let current = keyring::current_id(client)?.or_else(|| keys.last().map(|(id, _)| *id));
     // A key added for a staged rotation is waiting to become current, not unused.
-    let added: Vec<i64> = db::exec(client, &ADDED, &[])?.map(|row| db::req_at(&row, 1)).collect::<TotpResult<_>>()?;
+    let added: Vec<i64> = db::column(client, &ADDED, &[])?;
     let mut kept = Vec::new();
     let mut retired = Vec::new();
     for (id, key) in keys {
@@ -165,12 +170,10 @@ fn retire_unused(client: &mut SpiClient<'_>, path: &Path) -> TotpResult<Vec<i64>
             continue;
         }
         if cluster {
-            let failed: Vec<String> = db::exec(client, &WORKERS_LOCK_KEY, &[arg(id)])?
-                .map(|row| db::req_at(&row, 1))
-                .collect::<TotpResult<_>>()?;
-            if !failed.is_empty() {
-                return Err(TotpError::WorkerFailed { what: "retire keys", nodes: failed.join(", ") });
-            }
+            // Waits on every worker for the enrolments still holding the key (each holds its key's
+            // row FOR KEY SHARE on its own node), as LOCK_KEY does here.
+            let lock = format!("SELECT count(*) FROM (SELECT FROM totp_private.keys WHERE key_id = {id} FOR UPDATE) k");
+            on_every_worker(client, "retire keys", &lock)?;
         }
         db::exec(client, &LOCK_KEY, &[arg(id)])?;
         let in_use: bool = db::req(&db::exec(client, &KEY_IN_USE, &[arg(id)])?.first(), 1)?;
@@ -195,7 +198,8 @@ fn retire_keys() -> Result<Vec<i64>, ErrorReport> {
     require_key_manager("retire keys")?;
     Ok(Spi::connect_mut(|client| {
         let path = keyring::lock_for_change(client)?;
-        retire_unused(client, &path)
+        let cluster = distributed(client, "retire keys")?;
+        retire_unused(client, &path, cluster)
     })?)
 }
 
@@ -272,16 +276,20 @@ fn rotate_key(
     let (new_id, new_key, retired) = Spi::connect_mut(|client| -> TotpResult<_> {
         let path = keyring::lock_for_change(client)?;
         keyring::current_for_sealing(client)?; // makes the first key if this database has none yet
-        if distributed(client, "rotate keys")? {
+        let cluster = distributed(client, "rotate keys")?;
+        if cluster {
             let Some(id) = key_id else { return Err(TotpError::RotationNeedsAddedKey) };
-            let lacking: Vec<String> = db::exec(client, &WORKERS_WITHOUT_KEY, &[arg(id)])?
-                .map(|row| db::req_at(&row, 1))
-                .collect::<TotpResult<_>>()?;
+            // The workers whose key file lacks the key, or that could not say.
+            let lacking: Vec<String> = on_workers(client, &format!("SELECT {id} = ANY (totp.key_file_ids())"))?
+                .into_iter()
+                .filter(|answer| !answer.success || answer.result != "t")
+                .map(|answer| answer.node)
+                .collect();
             if !lacking.is_empty() {
                 return Err(TotpError::KeyNotOnEveryNode { key_id: id, nodes: lacking.join(", ") });
             }
         }
-        let retired = retire_unused(client, &path)?;
+        let retired = retire_unused(client, &path, cluster)?;
         let mut keys = keyring::keys_in(&path)?;
         let (new_id, new_key) = match key_id {
             Some(id) => {
@@ -302,14 +310,11 @@ fn rotate_key(
                 (id, key)
             }
         };
-        if distributed(client, "rotate keys")? {
-            let failed: Vec<String> = db::exec(client, &WORKERS_MAKE_CURRENT, &[arg(new_id)])?
-                .map(|row| db::req_at(&row, 1))
-                .collect::<TotpResult<_>>()?;
-            if !failed.is_empty() {
-                // Workers that made it current stay so: safe, every node's file holds the key.
-                return Err(TotpError::WorkerFailed { what: "rotate keys", nodes: failed.join("; ") });
-            }
+        if cluster {
+            // Each worker keeps its own bookkeeping (see sql/distribute.sql): the key becomes
+            // current there before the coordinator re-seals anything under it. Workers that made
+            // it current stay so if another fails: safe, every node's file holds the key.
+            on_every_worker(client, "rotate keys", &format!("SELECT totp.make_key_current({new_id})"))?;
         }
         db::exec(client, &MARK, &[arg(new_id), arg("current")])?;
         db::exec(client, &DEMOTE, &[arg(new_id)])?;

@@ -347,28 +347,13 @@ pub struct Service {
     pub unverified_until: TimestampWithTimeZone,
 }
 
-/// The columns `Service` is read from, of alias `sv` ($N: the call's clock reading), in the order
-/// `from_row` reads them. (Not in the statement that locks the factor: under Citus's delegation
-/// a statement may not join the services reference table to the identity's shard.)
-macro_rules! service_columns {
-    ($now:literal) => {
-        concat!(
-            "sv.friendly_name, sv.totp_issuer, sv.totp_time_step, sv.totp_code_length, sv.totp_skew, \
-             sv.max_factor_attempts, sv.max_challenge_attempts, sv.max_challenges_per_hour, \
-             sv.max_challenges_per_day, sv.max_short_code_challenges_per_day, sv.max_factors_per_entity, \
-             sv.max_factor_creations_per_day, ",
-            $now,
-            " + sv.challenge_ttl, ",
-            $now,
-            " + sv.max_challenge_ttl, ",
-            $now,
-            " + sv.unverified_factor_ttl"
-        )
-    };
-}
-
 static LOAD: Sql = Sql {
-    text: concat!("SELECT ", service_columns!("$2"), " FROM totp_private.services sv WHERE sv.sid = $1"),
+    text: "SELECT friendly_name, totp_issuer, totp_time_step, totp_code_length, totp_skew, \
+             max_factor_attempts, max_challenge_attempts, max_challenges_per_hour, \
+             max_challenges_per_day, max_short_code_challenges_per_day, max_factors_per_entity, \
+             max_factor_creations_per_day, $2 + challenge_ttl, $2 + max_challenge_ttl, \
+             $2 + unverified_factor_ttl \
+           FROM totp_private.services WHERE sid = $1",
     params: &[TEXT, TIMESTAMPTZ],
 };
 
@@ -376,26 +361,21 @@ static LOAD: Sql = Sql {
 pub fn load(client: &mut SpiClient<'_>, sid: &str, now: Now) -> TotpResult<Service> {
     let table = db::exec(client, &LOAD, &[arg(sid), arg(now.timestamptz())])?;
     let row = db::first(table).ok_or_else(|| TotpError::ServiceNotFound { sid: sid.to_string() })?;
-    from_row(&row, 0)
-}
-
-/// The service from the `service_columns!` of the current row, which start after column `before`.
-pub fn from_row(row: &pgrx::spi::SpiTupleTable<'_>, before: usize) -> TotpResult<Service> {
     Ok(Service {
-        friendly_name: db::req(row, before + 1)?,
-        issuer: db::get(row, before + 2)?,
-        time_step: db::get(row, before + 3)?,
-        code_length: db::get(row, before + 4)?,
-        skew: db::get(row, before + 5)?,
-        max_factor_attempts: db::req(row, before + 6)?,
-        max_challenge_attempts: db::req(row, before + 7)?,
-        max_challenges_per_hour: db::req(row, before + 8)?,
-        max_challenges_per_day: db::req(row, before + 9)?,
-        max_short_code_challenges_per_day: db::req(row, before + 10)?,
-        max_factors_per_entity: db::req(row, before + 11)?,
-        max_factor_creations_per_day: db::req(row, before + 12)?,
-        default_expiry: db::req(row, before + 13)?,
-        latest_expiry: db::req(row, before + 14)?,
-        unverified_until: db::req(row, before + 15)?,
+        friendly_name: db::req(&row, 1)?,
+        issuer: db::get(&row, 2)?,
+        time_step: db::get(&row, 3)?,
+        code_length: db::get(&row, 4)?,
+        skew: db::get(&row, 5)?,
+        max_factor_attempts: db::req(&row, 6)?,
+        max_challenge_attempts: db::req(&row, 7)?,
+        max_challenges_per_hour: db::req(&row, 8)?,
+        max_challenges_per_day: db::req(&row, 9)?,
+        max_short_code_challenges_per_day: db::req(&row, 10)?,
+        max_factors_per_entity: db::req(&row, 11)?,
+        max_factor_creations_per_day: db::req(&row, 12)?,
+        default_expiry: db::req(&row, 13)?,
+        latest_expiry: db::req(&row, 14)?,
+        unverified_until: db::req(&row, 15)?,
     })
 }
