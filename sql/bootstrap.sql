@@ -212,6 +212,24 @@ CREATE INDEX events_date_created ON totp_private.events (date_created);
 -- totp-verify-server lists an account's services in creation order.
 CREATE INDEX services_account ON totp_private.services (account_sid, date_created, sid) WHERE account_sid IS NOT NULL;
 
+-- PL/Proxy (SPEC §11): this database's place among a router's partitions, set by
+-- totp.set_partition(); no row on a lone node or on Citus. Every identity-scoped call refuses an
+-- identity that belongs elsewhere: placements[identity] if it was moved, else
+-- totp.shard_hash(identity) & (part_count - 1), the partition PL/Proxy's RUN ON picks.
+CREATE TABLE totp_private.partition (
+    one_row                      boolean     NOT NULL PRIMARY KEY DEFAULT true CHECK (one_row),
+    part_no                      integer     NOT NULL,
+    part_count                   integer     NOT NULL,
+    CHECK (part_count BETWEEN 1 AND 1024 AND part_count & (part_count - 1) = 0
+           AND part_no >= 0 AND part_no < part_count)
+);
+-- Identities moved off their hashed partition (release_identity / import_identity), on the
+-- source and the destination alike: where each lives now.
+CREATE TABLE totp_private.placements (
+    identity                     text        NOT NULL PRIMARY KEY,
+    part_no                      integer     NOT NULL CHECK (part_no >= 0)
+);
+
 CREATE VIEW totp.services WITH (security_barrier) AS
 SELECT s.sid, s.friendly_name, s.totp_issuer, s.totp_time_step, s.totp_code_length, s.totp_skew,
        s.max_factor_attempts, s.max_challenge_attempts, s.max_challenges_per_hour,
@@ -261,3 +279,5 @@ SELECT pg_catalog.pg_extension_config_dump('totp_private.factor_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.challenges', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.keys', '');
 SELECT pg_catalog.pg_extension_config_dump('totp_private.keyring', '');
+SELECT pg_catalog.pg_extension_config_dump('totp_private.partition', '');
+SELECT pg_catalog.pg_extension_config_dump('totp_private.placements', '');

@@ -97,6 +97,8 @@ COMMENT ON COLUMN totp_private.factor_secrets.key_id IS 'Id of the key (in the k
 COMMENT ON COLUMN totp_private.factor_secrets.sealed IS 'nonce (12 bytes) || ciphertext || tag (16 bytes)';
 COMMENT ON TABLE totp_private.challenges IS 'Challenges as stored; read them through the totp.challenges view';
 COMMENT ON COLUMN totp_private.challenges.failed_attempts IS 'Wrong codes submitted for this challenge (limit 60308)';
+COMMENT ON TABLE totp_private.partition IS 'PL/Proxy: this database''s partition number and the number of partitions (set_partition)';
+COMMENT ON TABLE totp_private.placements IS 'PL/Proxy: identities moved off their hashed partition, and the partition each lives on now';
 COMMENT ON TABLE totp_private.keys IS 'Ids and states of the keys that have sealed secrets here; never key material';
 
 DO $comments$
@@ -139,6 +141,18 @@ BEGIN
             ('retire_keys', 'Remove keys no secret uses from the key file'),
             ('forget_entity', 'Trigger: AFTER DELETE on an application table, delete the identity''s entity (args: service_sid, identity column)'),
             ('require_approval', 'Trigger: BEFORE writes, refuse (42501) unless the identity has a recent approval (args: service_sid, identity column, max age [, min factor age])'),
+            ('shard_hash', 'PL/Proxy routing hash: the first 4 bytes of SHA-256 of the identity''s UTF-8, big-endian int4'),
+            ('set_partition', 'PL/Proxy: make this database partition part_no of part_count (a power of 2); NULLs: a lone node'),
+            ('get_service', 'A service''s row (Twilio GET /Services/{sid})'),
+            ('list_services', 'Every service, oldest first (Twilio GET /Services)'),
+            ('get_entity', 'An identity''s entity in a service (Twilio GET /Entities/{identity})'),
+            ('get_factor', 'One factor of an identity (Twilio GET /Entities/{identity}/Factors/{sid})'),
+            ('list_factors', 'An identity''s factors in a service, oldest first'),
+            ('get_challenge', 'One challenge of an identity (Twilio GET /Entities/{identity}/Challenges/{sid})'),
+            ('list_challenges', 'An identity''s challenges in a service, optionally of one factor and status, oldest first unless newest_first'),
+            ('export_identity', 'Superuser: an identity''s rows in every service with its secrets in plaintext, for import_identity'),
+            ('release_identity', 'Superuser, PL/Proxy: export an identity, delete it here and record the partition it moves to'),
+            ('import_identity', 'Superuser: take in an exported identity, sealing its secrets under this database''s key'),
             ('forget_identity', 'What the forget_entity trigger runs: delete an identity''s entity, recording factor.deleted events')
           ) AS c(name, comment)
           JOIN pg_catalog.pg_proc p ON p.proname = c.name

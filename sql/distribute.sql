@@ -176,9 +176,10 @@ BEGIN
     -- way. The key bookkeeping (totp_private.keys) stays each node's own: an enrolment locks its
     -- key's row until it commits, and a row lock on a reference table is a cluster-wide lock that
     -- deadlocks one transaction enrolling identities on two workers. rotate_key() keeps the nodes
-    -- in step instead.
+    -- in step instead. The PL/Proxy partition guard's two tables (empty on Citus) are joined to
+    -- services by the statement every call runs first, so they are reference tables too.
     PERFORM pg_catalog.set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
-    FOREACH tbl IN ARRAY ARRAY['totp_private.services'] LOOP
+    FOREACH tbl IN ARRAY ARRAY['totp_private.services', 'totp_private.partition', 'totp_private.placements'] LOOP
         IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = tbl::regclass) THEN
             object := tbl; action := 'reference table already'; RETURN NEXT;
         ELSE
@@ -232,7 +233,8 @@ BEGIN
     -- The coordinator's own copies of the rows (Citus leaves them on disk, sealed secrets among
     -- them) go, children first.
     FOREACH tbl IN ARRAY ARRAY['totp_private.events', 'totp_private.challenges', 'totp_private.factor_secrets',
-                               'totp_private.factors', 'totp_private.entities', 'totp_private.services'] LOOP
+                               'totp_private.factors', 'totp_private.entities', 'totp_private.services',
+                               'totp_private.partition', 'totp_private.placements'] LOOP
         EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING tbl::regclass;
     END LOOP;
 END
@@ -243,7 +245,8 @@ RETURNS TABLE (object text, action text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     -- Parents before children (foreign keys), as rows are written back.
-    tables CONSTANT text[] := ARRAY['services', 'entities', 'factors', 'factor_secrets', 'challenges', 'events'];
+    tables CONSTANT text[] := ARRAY['services', 'entities', 'factors', 'factor_secrets', 'challenges', 'events',
+                                    'partition', 'placements'];
     moved text[] := '{}';
     name text;
     fn regprocedure;
@@ -293,7 +296,8 @@ BEGIN
     -- No writes while the rows are copied and the shards dropped: a call committing in between
     -- would be lost, or a deletion half undone. Reads go on.
     LOCK TABLE totp_private.services, totp_private.entities, totp_private.factors, totp_private.factor_secrets,
-               totp_private.challenges, totp_private.events IN EXCLUSIVE MODE;
+               totp_private.challenges, totp_private.events, totp_private.partition,
+               totp_private.placements IN EXCLUSIVE MODE;
     FOREACH name IN ARRAY tables LOOP
         IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = ('totp_private.' || name)::regclass) THEN
             EXECUTE pg_catalog.format('CREATE TEMP TABLE %I ON COMMIT DROP AS SELECT * FROM totp_private.%I',

@@ -18,7 +18,9 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT SELECT ON totp.services, totp.entities, totp.factors TO %s', role);
     EXECUTE pg_catalog.format(
         'GRANT EXECUTE ON FUNCTION totp.create_entity, totp.delete_entity, totp.create_factor, '
-        'totp.verify_factor, totp.update_factor, totp.delete_factor, totp.qr_svg, totp.otpauth_uri TO %s', role);
+        'totp.verify_factor, totp.update_factor, totp.delete_factor, totp.qr_svg, totp.otpauth_uri, '
+        'totp.get_service, totp.list_services, totp.get_entity, totp.get_factor, totp.list_factors, '
+        'totp.shard_hash TO %s', role);
 END
 $$;
 
@@ -33,6 +35,8 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT SELECT ON totp.services, totp.factors, totp.challenges TO %s', role);
     EXECUTE pg_catalog.format(
         'GRANT EXECUTE ON FUNCTION totp.create_challenge, totp.update_challenge, '
-        'totp.has_recent_approval, totp.has_recent_approval_from_aged_factor TO %s', role);
+        'totp.has_recent_approval, totp.has_recent_approval_from_aged_factor, '
+        'totp.get_service, totp.list_services, totp.get_factor, totp.list_factors, totp.get_challenge, '
+        'totp.list_challenges, totp.shard_hash TO %s', role);
 END
 $$;

@@ -69,6 +69,10 @@ pub enum TotpError {
     GuessSlotsFull,
     /// The library was not preloaded, so rolled-back wrong codes could not be counted.
     GuessLimitsNotLoaded,
+    /// Under PL/Proxy: the identity's rows live on another partition (a misrouted call).
+    WrongPartition { home: i32, part_no: i32, part_count: i32 },
+    /// An identity move needs this database to know its partition.
+    NoPartition { what: &'static str },
     /// Something that cannot happen did (an SPI failure): a bug, reported as XX000.
     Internal(String),
 }
@@ -126,6 +130,8 @@ impl TotpError {
             | TotpError::KeyNotAdded { .. }
             | TotpError::GuessSlotsFull
             | TotpError::GuessLimitsNotLoaded
+            | TotpError::WrongPartition { .. }
+            | TotpError::NoPartition { .. }
             | TotpError::Internal(_) => return None,
         })
     }
@@ -157,7 +163,9 @@ impl TotpError {
             | TotpError::KeyNotAdded { .. }
             | TotpError::NoCurrentKeyOnNode
             | TotpError::KeyChangeOnWorker { .. }
-            | TotpError::WorkerFailed { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            | TotpError::WorkerFailed { .. }
+            | TotpError::WrongPartition { .. }
+            | TotpError::NoPartition { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             TotpError::SecretUndecryptable { .. } => ERRCODE_DATA_CORRUPTED,
             TotpError::SuperuserRequired { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             TotpError::Internal(_) => ERRCODE_INTERNAL_ERROR,
@@ -194,6 +202,8 @@ impl TotpError {
             TotpError::GuessesExhausted { .. } => "verification attempts limit reached for this factor".into(),
             TotpError::GuessSlotsFull => "totp_verify.guess_slots exhausted".into(),
             TotpError::GuessLimitsNotLoaded => "totp_verify is not in shared_preload_libraries".into(),
+            TotpError::WrongPartition { home, .. } => format!("identity belongs to partition {home}"),
+            TotpError::NoPartition { what } => format!("must set this database's partition to {what}"),
             TotpError::Internal(_) => "totp_verify internal error".into(),
         }
     }
@@ -269,6 +279,11 @@ impl TotpError {
                 "Without shared memory, wrong codes in rolled-back transactions would not count toward the limits."
                     .into(),
             ),
+            TotpError::WrongPartition { part_no, part_count, .. } => Some(format!(
+                "This database is partition {part_no} of {part_count}: route calls by \
+                 totp.shard_hash(identity) & ({part_count} - 1), or by the identity's placement after a move."
+            )),
+            TotpError::NoPartition { .. } => Some("SELECT totp.set_partition(part_no, part_count) first.".into()),
             TotpError::Internal(what) => Some(what.clone()),
         }
     }

@@ -8,7 +8,7 @@
 
 use std::ffi::CStr;
 
-use pgrx::callconv::{Arg, ArgAbi};
+use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::pg_sys;
 use pgrx::pgrx_sql_entity_graph::metadata::{
     ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
@@ -68,4 +68,26 @@ unsafe impl SqlTranslatable for Jsonb {
     const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
     const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
     const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
+}
+
+impl Jsonb {
+    /// A document parsed from its text form in the current memory context, so that it outlives
+    /// the SPI connection the text came from (a datum read through SPI does not).
+    pub fn from_text(text: &str) -> Self {
+        let text = std::ffi::CString::new(text).expect("jsonb text has no NUL");
+        // SAFETY: jsonb_in parses a C string and returns a palloc'd jsonb; it raises an ERROR on
+        // malformed input, which the callers' text (jsonb_out's own) never is.
+        let datum = unsafe {
+            direct_function_call::<pg_sys::Datum>(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(text.as_ptr()))])
+        };
+        Jsonb(datum.expect("jsonb_in returns a document"))
+    }
+}
+
+// SAFETY: the datum is a jsonb made in the function's memory context (`from_text`), so it lives
+// until the caller has copied the result.
+unsafe impl BoxRet for Jsonb {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
 }

@@ -275,6 +275,18 @@ mod tests {
         Spi::run(&format!("SELECT totp.update_factor('{svc}', 'user-1', '{f}', time_step => 30)")).unwrap();
         let back: i64 = one(&format!("SELECT last_step FROM totp_private.factors WHERE sid = '{f}'"));
         assert_eq!(back, last_step);
+        // The identity-scoped reads a PL/Proxy router sends, on the same shard rules.
+        for read in [
+            format!("SELECT * FROM totp.get_service('{svc}')"),
+            "SELECT * FROM totp.list_services()".to_string(),
+            format!("SELECT * FROM totp.get_entity('{svc}', 'user-1')"),
+            format!("SELECT * FROM totp.get_factor('{svc}', 'user-1', '{f}')"),
+            format!("SELECT * FROM totp.list_factors('{svc}', 'user-1')"),
+            format!("SELECT * FROM totp.get_challenge('{svc}', 'user-1', '{challenge}')"),
+            format!("SELECT * FROM totp.list_challenges('{svc}', 'user-1', '{f}', 'approved', true)"),
+        ] {
+            assert!(one::<i64>(&format!("SELECT count(*) FROM ({read}) r")) >= 1, "{read}");
+        }
         Spi::run(&format!("SELECT totp.delete_factor('{svc}', 'user-1', '{f}')")).unwrap();
         Spi::run(&format!("SELECT totp.delete_entity('{svc}', 'user-1')")).unwrap();
         Spi::run("SELECT * FROM totp.run_maintenance()").unwrap();

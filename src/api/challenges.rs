@@ -156,7 +156,7 @@ fn create_challenge(
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<ChallengeRow> {
         // Error order as before the merged statements: 20404, then expiration_date, then 60392/60390.
-        let service = super::services::load(client, service_sid, now)?;
+        let service = super::services::load(client, service_sid, identity, now)?;
         let expiration_date = match expiration_date {
             None => service.default_expiry,
             Some(date) if !date.is_finite() || date.into_inner() <= now.micros => {
@@ -323,7 +323,7 @@ fn update_challenge(
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<ChallengeRow> {
         // The service first, in a statement of its own (see factors::lock: Citus's delegation).
-        let service = super::services::load(client, service_sid, now)?;
+        let service = super::services::load(client, service_sid, identity, now)?;
         let locked =
             db::exec(client, &LOCK, &[arg(identity), arg(challenge_sid), arg(service_sid), arg(now.timestamptz())])?;
         let Some(challenge) = db::first(locked) else {
@@ -453,4 +453,79 @@ fn has_recent_approval(
     within: Option<pgrx::datum::Interval>,
 ) -> Result<bool, ErrorReport> {
     has_recent_approval_from_aged_factor(service_sid, identity, within, None)
+}
+
+static GET: Sql = Sql {
+    text: concat!(
+        "SELECT ",
+        challenge_row!(),
+        " FROM totp.challenges c WHERE c.identity = $1 AND c.sid = $2 AND c.service_sid = $3"
+    ),
+    params: &[TEXT, TEXT, TEXT],
+};
+
+/// One challenge of an identity (Twilio GET /Entities/{identity}/Challenges/{sid}), as the view
+/// shows it (a pending challenge past its expiration_date reads `expired`), or 60392 / 60391.
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn get_challenge(
+    service_sid: Option<&str>,
+    identity: Option<&str>,
+    challenge_sid: Option<&str>,
+) -> Result<pgrx::composite_type!('static, "totp.challenges"), ErrorReport> {
+    let (service_sid, identity) = scope(service_sid, identity)?;
+    let challenge_sid = sid_arg("challenge_sid", SidKind::Challenge, challenge_sid)?;
+    let now = Now::read();
+    Ok(Spi::connect_mut(|client| -> TotpResult<ChallengeRow> {
+        super::services::load(client, service_sid, identity, now)?;
+        match db::first(db::exec(client, &GET, &[arg(identity), arg(challenge_sid), arg(service_sid)])?) {
+            Some(row) => db::req(&row, 1),
+            None => Err(super::entities::missing(client, service_sid, identity, SidKind::Challenge, challenge_sid)),
+        }
+    })?)
+}
+
+macro_rules! list_challenges {
+    ($order:literal) => {
+        concat!(
+            "SELECT ",
+            challenge_row!(),
+            " FROM totp.challenges c WHERE c.identity = $1 AND c.service_sid = $2 \
+               AND ($3::text IS NULL OR c.factor_sid = $3) AND ($4::text IS NULL OR c.status = $4) \
+             ORDER BY c.date_created ",
+            $order,
+            ", c.sid ",
+            $order
+        )
+    };
+}
+static LIST_OLDEST_FIRST: Sql = Sql { text: list_challenges!("ASC"), params: &[TEXT, TEXT, TEXT, TEXT] };
+static LIST_NEWEST_FIRST: Sql = Sql { text: list_challenges!("DESC"), params: &[TEXT, TEXT, TEXT, TEXT] };
+
+/// The statuses a challenge can read as, for the list filter.
+const STATUSES: [&str; 4] = ["pending", "approved", "denied", "expired"];
+
+/// An identity's challenges in a service (Twilio GET /Entities/{identity}/Challenges), oldest
+/// first as Twilio's default `Order=asc`, optionally of one factor and one status.
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn list_challenges(
+    service_sid: Option<&str>,
+    identity: Option<&str>,
+    factor_sid: default!(Option<&str>, "NULL"),
+    status: default!(Option<&str>, "NULL"),
+    newest_first: default!(Option<bool>, "false"),
+) -> Result<SetOfIterator<'static, pgrx::composite_type!('static, "totp.challenges")>, ErrorReport> {
+    let (service_sid, identity) = scope(service_sid, identity)?;
+    let factor_sid = factor_sid.map(|sid| sid_arg("factor_sid", SidKind::Factor, Some(sid))).transpose()?;
+    if status.is_some_and(|s| !STATUSES.contains(&s)) {
+        return Err(TotpError::invalid(Invalid::new("status", "must be pending, approved, denied or expired")).into());
+    }
+    let list = if newest_first.unwrap_or(false) { &LIST_NEWEST_FIRST } else { &LIST_OLDEST_FIRST };
+    let now = Now::read();
+    let rows = Spi::connect_mut(|client| -> TotpResult<Vec<ChallengeRow>> {
+        super::services::load(client, service_sid, identity, now)?;
+        db::column(client, list, &[arg(identity), arg(service_sid), arg(factor_sid), arg(status)])
+    })?;
+    Ok(SetOfIterator::new(rows))
 }

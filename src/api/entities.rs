@@ -13,11 +13,19 @@ use crate::error::{TotpError, TotpResult};
 
 type EntityRow = pgrx::composite_type!('static, "totp.entities");
 
+macro_rules! entity_row {
+    () => {
+        "ROW(e.identity, e.service_sid, e.sid, e.date_created, e.date_updated, e.factor_window_start, \
+           e.factors_created_in_window)::totp.entities"
+    };
+}
+
 static INSERT: Sql = Sql {
-    text: "INSERT INTO totp_private.entities AS e (identity, service_sid, sid, date_created, date_updated) \
-           VALUES ($1, $2, $3, $4, $4) ON CONFLICT (identity, service_sid) DO NOTHING \
-           RETURNING ROW(e.identity, e.service_sid, e.sid, e.date_created, e.date_updated, \
-             e.factor_window_start, e.factors_created_in_window)::totp.entities",
+    text: concat!(
+        "INSERT INTO totp_private.entities AS e (identity, service_sid, sid, date_created, date_updated) \
+         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (identity, service_sid) DO NOTHING RETURNING ",
+        entity_row!()
+    ),
     params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ],
 };
 
@@ -31,7 +39,7 @@ fn create_entity(
     let (service_sid, identity) = scope(service_sid, identity)?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<EntityRow> {
-        super::services::load(client, service_sid, now)?;
+        super::services::load(client, service_sid, identity, now)?;
         let table = db::exec(
             client,
             &INSERT,
@@ -63,11 +71,34 @@ fn delete_entity(service_sid: Option<&str>, identity: Option<&str>) -> Result<()
     let (service_sid, identity) = scope(service_sid, identity)?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<()> {
-        super::services::load(client, service_sid, now)?;
+        super::services::load(client, service_sid, identity, now)?;
         if !forget(client, service_sid, identity, now)? {
             return Err(not_found(identity));
         }
         Ok(())
+    })?)
+}
+
+static GET: Sql = Sql {
+    text: concat!("SELECT ", entity_row!(), " FROM totp.entities e WHERE e.identity = $1 AND e.service_sid = $2"),
+    params: &[TEXT, TEXT],
+};
+
+/// An identity's entity in a service (Twilio GET /Entities/{identity}), or 60392.
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn get_entity(
+    service_sid: Option<&str>,
+    identity: Option<&str>,
+) -> Result<pgrx::composite_type!('static, "totp.entities"), ErrorReport> {
+    let (service_sid, identity) = scope(service_sid, identity)?;
+    let now = Now::read();
+    Ok(Spi::connect_mut(|client| -> TotpResult<EntityRow> {
+        super::services::load(client, service_sid, identity, now)?;
+        match db::first(db::exec(client, &GET, &[arg(identity), arg(service_sid)])?) {
+            Some(row) => db::req(&row, 1),
+            None => Err(not_found(identity)),
+        }
     })?)
 }
 

@@ -152,7 +152,7 @@ fn create_factor(
     let now = Now::read();
 
     Ok(Spi::connect_mut(|client| -> TotpResult<NewFactorRow> {
-        let service = super::services::load(client, service_sid, now)?;
+        let service = super::services::load(client, service_sid, identity, now)?;
         let entity = db::exec(
             client,
             &UPSERT_ENTITY,
@@ -301,7 +301,7 @@ pub fn lock(
     // The service in a statement of its own: under Citus's delegation every statement must stay on
     // the identity's shard, and one that joins the services reference table to it does not
     // ("queries must filter by the distribution argument in the same colocation group").
-    let service = super::services::load(client, service_sid, now)?;
+    let service = super::services::load(client, service_sid, identity, now)?;
     Ok((service, lock_factor(client, service_sid, identity, factor_sid, now)?))
 }
 
@@ -616,7 +616,7 @@ fn delete_factor(
     let factor_sid = sid_arg("factor_sid", SidKind::Factor, factor_sid)?;
     let now = Now::read();
     Ok(Spi::connect_mut(|client| -> TotpResult<()> {
-        super::services::load(client, service_sid, now)?;
+        super::services::load(client, service_sid, identity, now)?;
         let table =
             db::exec(client, &DELETE, &[arg(identity), arg(factor_sid), arg(service_sid), arg(now.timestamptz())])?;
         if table.is_empty() {
@@ -624,4 +624,61 @@ fn delete_factor(
         }
         events::send(client, Event::FactorDeleted, service_sid, identity, factor_sid, None, now)
     })?)
+}
+
+static GET: Sql = Sql {
+    text: concat!(
+        "SELECT ROW(",
+        factor_columns!(),
+        ")::totp.factors FROM totp.factors f WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3"
+    ),
+    params: &[TEXT, TEXT, TEXT],
+};
+
+static LIST: Sql = Sql {
+    text: concat!(
+        "SELECT ROW(",
+        factor_columns!(),
+        ")::totp.factors FROM totp.factors f WHERE f.identity = $1 AND f.service_sid = $2 \
+         ORDER BY f.date_created, f.sid"
+    ),
+    params: &[TEXT, TEXT],
+};
+
+/// One factor of an identity (Twilio GET /Entities/{identity}/Factors/{sid}): the view's row, or
+/// 60392 / 60390. Like the state functions it reads by identity, so a router can send it.
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn get_factor(
+    service_sid: Option<&str>,
+    identity: Option<&str>,
+    factor_sid: Option<&str>,
+) -> Result<pgrx::composite_type!('static, "totp.factors"), ErrorReport> {
+    let (service_sid, identity) = scope(service_sid, identity)?;
+    let factor_sid = sid_arg("factor_sid", SidKind::Factor, factor_sid)?;
+    let now = Now::read();
+    Ok(Spi::connect_mut(|client| -> TotpResult<FactorRow> {
+        super::services::load(client, service_sid, identity, now)?;
+        match db::first(db::exec(client, &GET, &[arg(identity), arg(factor_sid), arg(service_sid)])?) {
+            Some(row) => db::req(&row, 1),
+            None => Err(super::entities::missing(client, service_sid, identity, SidKind::Factor, factor_sid)),
+        }
+    })?)
+}
+
+/// An identity's factors in a service, oldest first (Twilio GET /Entities/{identity}/Factors);
+/// none for an identity the service has no entity for.
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn list_factors(
+    service_sid: Option<&str>,
+    identity: Option<&str>,
+) -> Result<SetOfIterator<'static, pgrx::composite_type!('static, "totp.factors")>, ErrorReport> {
+    let (service_sid, identity) = scope(service_sid, identity)?;
+    let now = Now::read();
+    let rows = Spi::connect_mut(|client| -> TotpResult<Vec<FactorRow>> {
+        super::services::load(client, service_sid, identity, now)?;
+        db::column(client, &LIST, &[arg(identity), arg(service_sid)])
+    })?;
+    Ok(SetOfIterator::new(rows))
 }

@@ -125,11 +125,7 @@ fn distributed(client: &mut SpiClient<'_>, what: &'static str) -> TotpResult<boo
 /// changes must also run at READ COMMITTED: after waiting for an enrolment to end they must see
 /// the secret it committed, which an older snapshot would not.
 fn require_key_manager(what: &'static str) -> TotpResult<()> {
-    // SAFETY: superuser() reads the current user's role; these functions are not SECURITY
-    // DEFINER, so that is the caller.
-    if !unsafe { pgrx::pg_sys::superuser() } {
-        return Err(TotpError::SuperuserRequired { what });
-    }
+    super::require_superuser(what)?;
     // SAFETY: reads the transaction's isolation level.
     if unsafe { pgrx::pg_sys::XactIsoLevel } > pgrx::pg_sys::XACT_READ_COMMITTED as i32 {
         return Err(TotpError::KeyChangeIsolation { what });

@@ -10,8 +10,10 @@ pub mod codes;
 pub mod entities;
 pub mod events;
 pub mod factors;
+pub mod identities;
 pub mod keys;
 pub mod maintenance;
+pub mod partitions;
 pub mod services;
 
 use totp_core::sid::{self, SidKind};
@@ -68,4 +70,16 @@ pub fn json_object_arg(field: &'static str, value: Option<Jsonb>) -> TotpResult<
         validate::json_object(field, is_object, chars)?;
     }
     Ok(())
+}
+
+/// Refuses a caller that is not a superuser, whatever EXECUTE has been granted (for instance by
+/// `GRANT EXECUTE ON ALL FUNCTIONS`). Only for functions that are not SECURITY DEFINER, where the
+/// current user is the caller.
+pub fn require_superuser(what: &'static str) -> TotpResult<()> {
+    // SAFETY: superuser() reads the current user's role.
+    if unsafe { pgrx::pg_sys::superuser() } {
+        Ok(())
+    } else {
+        Err(TotpError::SuperuserRequired { what })
+    }
 }

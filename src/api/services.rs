@@ -47,15 +47,18 @@ static SAME_SETTINGS: Sql = Sql {
 
 // Named columns, never a whole-row reference (`SELECT s`), which Citus cannot cast from a
 // shard's row type (SPEC §11).
-static SELECT_ROW: Sql = Sql {
-    text: "SELECT ROW(s.sid, s.friendly_name, s.totp_issuer, s.totp_time_step, s.totp_code_length, s.totp_skew, \
+macro_rules! service_row {
+    () => {
+        "ROW(s.sid, s.friendly_name, s.totp_issuer, s.totp_time_step, s.totp_code_length, s.totp_skew, \
              s.max_factor_attempts, s.max_challenge_attempts, s.max_challenges_per_hour, \
              s.max_challenges_per_day, s.max_short_code_challenges_per_day, s.max_factors_per_entity, \
              s.max_factor_creations_per_day, s.challenge_ttl, s.max_challenge_ttl, \
-             s.unverified_factor_ttl, s.event_retention, s.date_created, s.date_updated, s.account_sid)::totp.services \
-           FROM totp.services s WHERE s.sid = $1",
-    params: &[TEXT],
-};
+             s.unverified_factor_ttl, s.event_retention, s.date_created, s.date_updated, s.account_sid)::totp.services"
+    };
+}
+
+static SELECT_ROW: Sql =
+    Sql { text: concat!("SELECT ", service_row!(), " FROM totp.services s WHERE s.sid = $1"), params: &[TEXT] };
 
 /// The service's public row (the `totp.services` view).
 fn row(client: &mut SpiClient<'_>, sid: &str) -> TotpResult<ServiceRow> {
@@ -347,20 +350,29 @@ pub struct Service {
     pub unverified_until: TimestampWithTimeZone,
 }
 
+// The partition guard (PL/Proxy) rides on this statement, which every identity-scoped call runs
+// anyway: this database's (part_no, part_count) and the identity's placement after a move. Both
+// tables are empty unless a PL/Proxy partition set them; on Citus they are reference tables like
+// services, so the statement stays a join of reference tables that a delegated call may run.
 static LOAD: Sql = Sql {
-    text: "SELECT friendly_name, totp_issuer, totp_time_step, totp_code_length, totp_skew, \
-             max_factor_attempts, max_challenge_attempts, max_challenges_per_hour, \
-             max_challenges_per_day, max_short_code_challenges_per_day, max_factors_per_entity, \
-             max_factor_creations_per_day, $2 + challenge_ttl, $2 + max_challenge_ttl, \
-             $2 + unverified_factor_ttl \
-           FROM totp_private.services WHERE sid = $1",
-    params: &[TEXT, TIMESTAMPTZ],
+    text: "SELECT s.friendly_name, s.totp_issuer, s.totp_time_step, s.totp_code_length, s.totp_skew, \
+             s.max_factor_attempts, s.max_challenge_attempts, s.max_challenges_per_hour, \
+             s.max_challenges_per_day, s.max_short_code_challenges_per_day, s.max_factors_per_entity, \
+             s.max_factor_creations_per_day, $2 + s.challenge_ttl, $2 + s.max_challenge_ttl, \
+             $2 + s.unverified_factor_ttl, p.part_no, p.part_count, pl.part_no \
+           FROM totp_private.services s \
+           LEFT JOIN totp_private.partition p ON true \
+           LEFT JOIN totp_private.placements pl ON pl.identity = $3 \
+           WHERE s.sid = $1",
+    params: &[TEXT, TIMESTAMPTZ, TEXT],
 };
 
-/// Loads a service, or 20404.
-pub fn load(client: &mut SpiClient<'_>, sid: &str, now: Now) -> TotpResult<Service> {
-    let table = db::exec(client, &LOAD, &[arg(sid), arg(now.timestamptz())])?;
+/// Loads a service for a call on `identity`, or 20404; under PL/Proxy, refuses (55000) an
+/// identity whose rows live on another partition.
+pub fn load(client: &mut SpiClient<'_>, sid: &str, identity: &str, now: Now) -> TotpResult<Service> {
+    let table = db::exec(client, &LOAD, &[arg(sid), arg(now.timestamptz()), arg(identity)])?;
     let row = db::first(table).ok_or_else(|| TotpError::ServiceNotFound { sid: sid.to_string() })?;
+    super::partitions::guard(identity, db::get(&row, 16)?, db::get(&row, 17)?, db::get(&row, 18)?)?;
     Ok(Service {
         friendly_name: db::req(&row, 1)?,
         issuer: db::get(&row, 2)?,
@@ -378,4 +390,26 @@ pub fn load(client: &mut SpiClient<'_>, sid: &str, now: Now) -> TotpResult<Servi
         latest_expiry: db::req(&row, 14)?,
         unverified_until: db::req(&row, 15)?,
     })
+}
+
+/// A service's row (Twilio GET /Services/{sid}), or 20404. Services are the same on every node of
+/// a distributed deployment, so a router may ask any partition.
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn get_service(sid: Option<&str>) -> Result<pgrx::composite_type!('static, "totp.services"), ErrorReport> {
+    let sid = sid_arg("sid", SidKind::Service, sid)?;
+    Ok(Spi::connect_mut(|client| row(client, sid))?)
+}
+
+static LIST: Sql = Sql {
+    text: concat!("SELECT ", service_row!(), " FROM totp.services s ORDER BY s.date_created, s.sid"),
+    params: &[],
+};
+
+/// Every service, oldest first (Twilio GET /Services).
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn list_services() -> Result<SetOfIterator<'static, pgrx::composite_type!('static, "totp.services")>, ErrorReport> {
+    let rows = Spi::connect_mut(|client| db::column::<ServiceRow>(client, &LIST, &[]))?;
+    Ok(SetOfIterator::new(rows))
 }
