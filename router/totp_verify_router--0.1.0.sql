@@ -539,14 +539,16 @@ $$;
 CREATE FUNCTION totp_router.export_on(part_no integer, identity text) RETURNS jsonb
 LANGUAGE plproxy VOLATILE AS $$ CLUSTER 'totp_cluster'; RUN ON part_no; SELECT totp.export_identity($2); $$;
 
-CREATE FUNCTION totp_router.import_on(part_no integer, data jsonb) RETURNS integer
+CREATE FUNCTION totp_router.import_on(part_no integer, data jsonb) RETURNS bigint
 LANGUAGE plproxy VOLATILE AS $$ CLUSTER 'totp_cluster'; RUN ON part_no; SELECT totp.import_identity($2); $$;
 
-CREATE FUNCTION totp_router.release_on(on_part integer, identity text, part_no integer) RETURNS integer
+-- On the source, in one transaction: the identity's document, its rows deleted, the partition
+-- refusing it from then on (55000).
+CREATE FUNCTION totp_router.release_on(on_part integer, identity text, part_no integer) RETURNS jsonb
 LANGUAGE plproxy VOLATILE AS $$ CLUSTER 'totp_cluster'; RUN ON on_part; SELECT totp.release_identity($2, $3); $$;
 
 -- Waits on the source partition for calls of this identity still running there (they hold the
--- entity or factor row lock), so the export sees what they commit.
+-- entity or factor row lock), so what they commit is in the export.
 CREATE FUNCTION totp_router.drain_on(part_no integer, identity text) RETURNS bigint
 LANGUAGE plproxy VOLATILE AS $$ CLUSTER 'totp_cluster'; RUN ON part_no;
 SELECT (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM totp_private.entities e WHERE e.identity = $2 FOR UPDATE) a)
@@ -554,22 +556,28 @@ SELECT (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM totp_private.entities e W
 
 -- CALL totp_router.move_identity('user-42', 3): moves the identity's rows (every service) to
 -- partition to_part_no, keeping factors, secrets (re-sealed there), counters, replay guards and
--- challenges. Steps, each committed before the next:
---   1. mark the identity as moving (router calls for it are refused with 55000 meanwhile);
---   2. wait on the source for calls still running there; export; import on the destination;
---   3. record the new placement (router calls go to the destination from here on);
---   4. release the identity on every other partition (its rows there are deleted, and the
---      partition refuses it from then on).
--- Idempotent: a failed move leaves the identity marked (refused, nothing lost: the source keeps
--- its rows until step 4) and the same CALL finishes it. Must be called outside a transaction
--- block (it commits between steps).
-CREATE PROCEDURE totp_router.move_identity(identity text, to_part_no integer, INOUT factors integer DEFAULT NULL)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- challenges. Steps:
+--   1. mark the identity as moving and commit: router calls for it are refused (55000) from now
+--      until step 4;
+--   2. wait on the source for calls of it still running there; export it and import the copy
+--      on the destination (the source keeps its rows);
+--   3. release it on the source (one transaction there: the final document, its rows deleted,
+--      the source refusing it from then on); import that document again if it differs;
+--   4. record the new placement and commit: router calls go to the destination.
+-- Idempotent: the same CALL finishes a failed move (after step 3 the source refuses the export,
+-- and the destination has the copy). Call it outside a transaction block (it commits between
+-- steps). Superuser on the router, mapped to a superuser on the partitions.
+-- (No SET search_path: a procedure with one cannot commit; every name is qualified.)
+CREATE PROCEDURE totp_router.move_identity(identity text, to_part_no integer, INOUT factors bigint DEFAULT NULL)
+LANGUAGE plpgsql AS $$
 DECLARE
     n integer := totp_router.part_count();
     pl totp_router.placements;
     cur integer;
-    data jsonb;
+    copy jsonb;
+    final jsonb;
+    e_state text;
+    e_msg text;
 BEGIN
     IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
         RAISE EXCEPTION 'must be superuser to move identities' USING ERRCODE = '42501';
@@ -585,19 +593,28 @@ BEGIN
         VALUES (move_identity.identity, cur, to_part_no)
         ON CONFLICT ON CONSTRAINT placements_pkey DO UPDATE SET moving_to = excluded.moving_to, date_updated = pg_catalog.now();
         COMMIT;
-        PERFORM totp_router.drain_on(cur, move_identity.identity);
-        data := totp_router.export_on(cur, move_identity.identity);
-        factors := totp_router.import_on(to_part_no, data);
+        BEGIN
+            PERFORM totp_router.drain_on(cur, move_identity.identity);
+            copy := totp_router.export_on(cur, move_identity.identity);
+        EXCEPTION WHEN object_not_in_prerequisite_state THEN
+            -- Released by an earlier attempt (step 3 ran): the destination has the rows.
+            GET STACKED DIAGNOSTICS e_msg = MESSAGE_TEXT;
+                    IF e_msg NOT LIKE '%identity belongs to partition ' OPERATOR(pg_catalog.||) to_part_no::text OPERATOR(pg_catalog.||) '%' THEN
+                RAISE;
+            END IF;
+        END;
+        IF copy IS NOT NULL THEN
+            factors := totp_router.import_on(to_part_no, copy);
+            final := totp_router.release_on(cur, move_identity.identity, to_part_no);
+            IF final IS DISTINCT FROM copy THEN
+                factors := totp_router.import_on(to_part_no, final);
+            END IF;
+        END IF;
     END IF;
     INSERT INTO totp_router.placements AS p (identity, part_no, moving_to)
     VALUES (move_identity.identity, to_part_no, NULL)
     ON CONFLICT ON CONSTRAINT placements_pkey DO UPDATE SET part_no = excluded.part_no, moving_to = NULL, date_updated = pg_catalog.now();
     COMMIT;
-    FOR p IN 0 .. n - 1 LOOP
-        IF p <> to_part_no THEN
-            PERFORM totp_router.release_on(p, move_identity.identity, to_part_no);
-        END IF;
-    END LOOP;
 END
 $$;
 
@@ -779,4 +796,4 @@ COMMENT ON FUNCTION totp_router.list_entities(text, text, integer) IS 'A service
 COMMENT ON FUNCTION totp_router.list_challenges_all(text, text, timestamptz, text, integer) IS 'A service''s challenges across partitions, newest first, keyset-paged by (date_created, sid) (asks every partition)';
 COMMENT ON FUNCTION totp_router.find_challenge(text, text) IS 'A challenge by SID without its identity (asks every partition)';
 COMMENT ON FUNCTION totp_router.events_all(timestamptz, uuid, integer) IS 'Every partition''s totp.events, oldest first, keyset-paged by (date_created, id) (asks every partition)';
-COMMENT ON PROCEDURE totp_router.move_identity(text, integer, integer) IS 'Moves an identity (every service) to another partition keeping factors, counters and replay guards; retryable; superuser';
+COMMENT ON PROCEDURE totp_router.move_identity(text, integer, bigint) IS 'Moves an identity (every service) to another partition keeping factors, counters and replay guards; retryable; superuser';
