@@ -387,7 +387,12 @@ def rust_statements():
 def test_no_rust_statement_uses_a_whole_row_reference():
     statements = rust_statements()
     assert len(statements) > 40, "the scan found the extension's statements"
-    bad = [(name, text) for name, text in statements if whole_row_references(text)]
+    # Identity moves (identities.rs) read whole rows into their document on purpose, so that a
+    # database whose columns are in another order reads them back by name. They are superuser-only
+    # and PL/Proxy's: Citus moves shards and never runs them.
+    moves = [(name, text) for name, text in statements if name == "identities.rs"]
+    assert moves and all("to_jsonb" in text for _, text in moves if whole_row_references(text))
+    bad = [(name, text) for name, text in statements if whole_row_references(text) and name != "identities.rs"]
     assert bad == []
 
 

@@ -107,12 +107,26 @@ SIGNATURES = {
     "undistribute": [],
     "services_digest": [],
     "run_maintenance": [],
+    "shard_hash": [("identity", "text")],
+    "set_partition": [("part_no", "integer"), ("part_count", "integer")],
+    "get_service": [("sid", "text")],
+    "list_services": [],
+    "get_entity": [("service_sid", "text"), ("identity", "text")],
+    "get_factor": [("service_sid", "text"), ("identity", "text"), ("factor_sid", "text")],
+    "list_factors": [("service_sid", "text"), ("identity", "text")],
+    "get_challenge": [("service_sid", "text"), ("identity", "text"), ("challenge_sid", "text")],
+    "list_challenges": [("service_sid", "text"), ("identity", "text"), ("factor_sid", "text"),
+                        ("status", "text"), ("newest_first", "boolean")],
+    "export_identity": [("identity", "text")],
+    "release_identity": [("identity", "text"), ("part_no", "integer")],
+    "import_identity": [("data", "jsonb")],
 }
 
 # How many trailing arguments have a DEFAULT (and may be left out of a call).
 DEFAULTS = {"create_service": 6, "update_service": 16, "create_factor": 7, "update_factor": 6,
             "create_challenge": 4, "update_challenge": 1, "hotp_code": 2, "totp_code": 4,
-            "generate_secret": 1, "otpauth_uri": 4, "rotate_key": 2, "distribute": 1}
+            "generate_secret": 1, "otpauth_uri": 4, "rotate_key": 2, "distribute": 1,
+            "list_challenges": 3}
 
 # Arguments of state functions whose NULL must be a 22023 naming them (SPEC §3, brief).
 REQUIRED = {
@@ -131,11 +145,20 @@ REQUIRED = {
     "has_recent_approval_from_aged_factor": {"service_sid", "within"},
     "rotate_key": {"batch_size"},
     "make_key_current": {"key_id"},
+    "get_service": {"sid"},
+    "get_entity": {"service_sid", "identity"},
+    "get_factor": {"service_sid", "identity", "factor_sid"},
+    "list_factors": {"service_sid", "identity"},
+    "get_challenge": {"service_sid", "identity", "challenge_sid"},
+    "list_challenges": {"service_sid", "identity"},
+    "export_identity": {"identity"},
+    "release_identity": {"identity", "part_no"},
+    "import_identity": {"data"},
 }
 # Functions whose every argument is optional-by-NULL in their own way: STRICT pure functions
 # (NULL in, NULL out), otpauth_uri (documented: NULL secret/account gives NULL).
 STRICT = {"hotp_code", "totp_code", "base32_encode", "base32_decode", "generate_secret", "qr_svg",
-          "retire_keys", "run_maintenance"}
+          "retire_keys", "run_maintenance", "shard_hash"}
 
 # Integer ranges (inclusive) each numeric argument accepts.
 RANGES = {
@@ -544,12 +567,29 @@ def baseline(world, fn):
         "undistribute": {},
         "services_digest": {},
         "run_maintenance": {},
+        "shard_hash": {"identity": w.identity},
+        # Never a partition here (the world's identity would be refused): a lone pair is 22023,
+        # and two NULLs clear it (protect() keeps random calls to that).
+        "set_partition": {"part_no": None, "part_count": None},
+        "get_service": {"sid": w.service_sid},
+        "list_services": {},
+        "get_entity": {"service_sid": w.service_sid, "identity": w.identity},
+        "get_factor": {"service_sid": w.service_sid, "identity": w.identity, "factor_sid": w.factor_sid},
+        "list_factors": {"service_sid": w.service_sid, "identity": w.identity},
+        "get_challenge": {"service_sid": w.service_sid, "identity": w.identity,
+                          "challenge_sid": w.challenge_sid},
+        "list_challenges": {"service_sid": w.service_sid, "identity": w.identity, "factor_sid": None,
+                            "status": None, "newest_first": None},
+        "export_identity": {"identity": w.identity},
+        "release_identity": {"identity": w.identity, "part_no": 1},  # no partition here: 55000
+        "import_identity": {"data": "{}"},  # not a document: 22023
     }[fn]
 
 
 def returns_row(fn):
     return fn in {"create_service", "update_service", "create_entity", "create_factor",
-                  "verify_factor", "update_factor", "create_challenge", "update_challenge"}
+                  "verify_factor", "update_factor", "create_challenge", "update_challenge",
+                  "get_service", "get_entity", "get_factor", "get_challenge"}
 
 
 def check_success_shape(fn, out, where):
@@ -588,6 +628,8 @@ def hostile_values(world, fn, name, typ):
         return [(v, v) for v in INTERVAL_HOSTILE]
     if typ == "regrole":
         return regrole_hostile(world)
+    if typ == "boolean":
+        return [("true", True), ("false", False)]
     raise AssertionError(f"no hostile values for type {typ}")
 
 
@@ -1232,7 +1274,7 @@ def test_hostile_sweep(world, fn):
     assert n == 5
     n = world.conn.execute("SELECT count(*) AS n FROM pg_class WHERE relnamespace = 'totp_private'::regnamespace"
                            " AND relkind = 'r'").fetchone()["n"]
-    assert n == 8
+    assert n == 10
     assert not other_grants(world), f"{fn} granted to other roles: {other_grants(world)}"
 
 
@@ -1391,7 +1433,8 @@ class Gen:
     def value(self, name, typ):
         return {"text": lambda: self.text(name), "integer": self.integer, "bigint": self.bigint,
                 "bytea": self.bytea, "jsonb": self.jsonb, "timestamp with time zone": self.timestamptz,
-                "interval": self.interval, "regrole": self.regrole}[typ]()
+                "interval": self.interval, "regrole": self.regrole,
+                "boolean": lambda: self.r.random() < 0.5}[typ]()
 
 
 # How often each function is drawn. Key rotation and QR codes are slow paths, kept rare.
@@ -1402,6 +1445,9 @@ WEIGHTS.update({"rotate_key": 1, "retire_keys": 1, "run_maintenance": 1, "qr_svg
 
 def protect(world, fn, args):
     """Random deletions aim at the resources set aside for deletion, never the world's."""
+    # A partition would refuse the world's identity in every later call: never set one.
+    if fn == "set_partition":
+        args["part_count"] = None
     if fn == "delete_service" and args["sid"] == world.service_sid:
         args["sid"] = world.doomed_service_sid
     if fn in ("delete_entity", "delete_factor") and args["identity"] == world.identity:
