@@ -19,7 +19,7 @@ use pgrx::spi::SpiClient;
 use totp_core::validate::{self, Invalid};
 use totp_core::{base32, partition};
 
-use super::required;
+use super::{identity_arg, required};
 use crate::db::{self, arg, Sql, BYTEA, INT4, INT8, TEXT};
 use crate::error::{TotpError, TotpResult};
 use crate::jsonb::Jsonb;
@@ -65,12 +65,6 @@ fn export(client: &mut SpiClient<'_>, identity: &str) -> TotpResult<String> {
     }
     let table = db::exec(client, &EXPORT, &[arg(identity), arg(FORMAT), arg(sids), arg(secrets)])?;
     db::req(&table.first(), 1)
-}
-
-fn identity_arg(identity: Option<&str>) -> TotpResult<&str> {
-    let identity = required("identity", identity)?;
-    validate::identity(identity)?;
-    Ok(identity)
 }
 
 /// The identity's entities, factors (with their secrets in plaintext, base32), counters, replay

@@ -56,9 +56,14 @@ pub fn sid_arg<'a>(field: &'static str, kind: SidKind, value: Option<&'a str>) -
 /// The (service SID, identity) pair every per-user call starts with.
 pub fn scope<'a>(service_sid: Option<&'a str>, identity: Option<&'a str>) -> TotpResult<(&'a str, &'a str)> {
     let service_sid = sid_arg("service_sid", SidKind::Service, service_sid)?;
+    Ok((service_sid, identity_arg(identity)?))
+}
+
+/// An identity argument: required and valid.
+pub fn identity_arg(identity: Option<&str>) -> TotpResult<&str> {
     let identity = required("identity", identity)?;
     validate::identity(identity)?;
-    Ok((service_sid, identity))
+    Ok(identity)
 }
 
 /// A JSON argument that must be an object of at most 1024 characters (its `::text` form).
