@@ -160,9 +160,15 @@ CREATE TABLE totp_private.challenges (
     date_updated                 timestamptz NOT NULL,
     -- Wrong codes submitted for this challenge (60308).
     failed_attempts              integer     NOT NULL DEFAULT 0,
-    PRIMARY KEY (identity, sid),
-    FOREIGN KEY (identity, factor_sid) REFERENCES totp_private.factors (identity, sid) ON DELETE CASCADE
+    PRIMARY KEY (identity, sid)
 );
+-- No foreign key to the factor (0.7.0, issue 16): its check was a query of its own in every
+-- challenge creation (8 % of create_challenge), although every statement that writes a challenge
+-- has just locked the factor row FOR UPDATE, which is stronger than the check's FOR KEY SHARE.
+-- Its cascade is explicit instead: delete_factor, delete_entity, delete_service and
+-- release/import_identity delete the challenges after the factor rows (the lock order of every
+-- call: factor, then challenge). Unverified factors, which run_maintenance deletes, never have
+-- challenges. Reads join the factor where its existence matters (has_recent_approval).
 -- No index on (identity, factor_sid): deleting a factor finds its challenges through the
 -- primary key's identity prefix (an identity has few challenges), and every index here is one
 -- more random B-tree insertion per challenge.

@@ -684,6 +684,31 @@ def test_delete_entity_cascades(conn):
         call(conn, "verify_factor", svc["sid"], a, factors[a][0]["sid"], "123456")
 
 
+def test_challenges_of_a_factor_deleted_by_hand_are_inert(conn):
+    """Challenges have no foreign key to their factor (0.7.0): the extension deletes them itself
+    (the tests above). A factor deleted by hand leaves its challenges, which must be inert: the
+    pending one cannot be answered, even with the right code, and the approved one no longer
+    counts for has_recent_approval (README: Behaviour)."""
+    svc = service(conn, "Hand delete")
+    person = ident()
+    f = verified(conn, svc, person)
+    pending = challenge(conn, svc, person, f)
+    approved = challenge(conn, svc, person, f, fresh_code(f, 0))
+    assert approved["status"] == "approved"
+    assert conn.execute("SELECT totp.has_recent_approval(%s, %s, '5 minutes') AS ok",
+                        (svc["sid"], person)).fetchone()["ok"]
+    superuser(conn, "DELETE FROM totp_private.factors WHERE identity = %s AND sid = %s", (person, f["sid"]))
+    left = conn.execute("SELECT sid FROM totp_private.challenges WHERE identity = %s ORDER BY sid",
+                        (person,)).fetchall()
+    assert sorted(r["sid"] for r in left) == sorted([pending["sid"], approved["sid"]])
+    with refused("P0002", 60390):
+        answer(conn, svc, person, pending, fresh_code(f, 1))
+    assert not conn.execute("SELECT totp.has_recent_approval(%s, %s, '5 minutes') AS ok",
+                            (svc["sid"], person)).fetchone()["ok"]
+    assert conn.execute("SELECT status FROM totp_private.challenges WHERE identity = %s AND sid = %s",
+                        (person, pending["sid"])).fetchone()["status"] == "pending"
+
+
 def test_delete_factor_cascades(conn):
     svc, (a, b), factors = populated(conn, "Del factor")
     f, u = factors[a]

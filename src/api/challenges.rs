@@ -4,6 +4,7 @@
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 use totp_core::sid::{self, SidKind};
 use totp_core::validate::{self, Invalid};
 
@@ -223,6 +224,47 @@ fn create_challenge(
         }
         Ok(row)
     })?)
+}
+
+/// Which challenges go with the rows a deletion took: challenges have no foreign key to their
+/// factor (sql/bootstrap.sql), so each deletion of factors deletes their challenges itself,
+/// right after the factor rows (the lock order of every call: factor, then challenge).
+pub enum Owner<'a> {
+    Factor {
+        identity: &'a str,
+        factor_sid: &'a str,
+    },
+    Entity {
+        identity: &'a str,
+        service_sid: &'a str,
+    },
+    Identity(&'a str),
+    /// Every identity's challenges of the service: the one deletion that spans identities.
+    Service(&'a str),
+}
+
+static DELETE_OF_FACTOR: Sql =
+    Sql { text: "DELETE FROM totp_private.challenges WHERE identity = $1 AND factor_sid = $2", params: &[TEXT, TEXT] };
+static DELETE_OF_ENTITY: Sql =
+    Sql { text: "DELETE FROM totp_private.challenges WHERE identity = $1 AND service_sid = $2", params: &[TEXT, TEXT] };
+static DELETE_OF_IDENTITY: Sql =
+    Sql { text: "DELETE FROM totp_private.challenges WHERE identity = $1", params: &[TEXT] };
+static DELETE_OF_SERVICE: Sql =
+    Sql { text: "DELETE FROM totp_private.challenges WHERE service_sid = $1", params: &[TEXT] };
+
+/// Deletes the challenges of factors just deleted.
+pub fn delete_of(client: &mut SpiClient<'_>, owner: Owner<'_>) -> TotpResult<()> {
+    match owner {
+        Owner::Factor { identity, factor_sid } => {
+            db::exec(client, &DELETE_OF_FACTOR, &[arg(identity), arg(factor_sid)])?
+        }
+        Owner::Entity { identity, service_sid } => {
+            db::exec(client, &DELETE_OF_ENTITY, &[arg(identity), arg(service_sid)])?
+        }
+        Owner::Identity(identity) => db::exec(client, &DELETE_OF_IDENTITY, &[arg(identity)])?,
+        Owner::Service(service_sid) => db::exec(client, &DELETE_OF_SERVICE, &[arg(service_sid)])?,
+    };
+    Ok(())
 }
 
 /// The event a challenge's new status makes, if any.

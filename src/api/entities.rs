@@ -61,7 +61,9 @@ static DELETE: Sql = Sql {
 /// factor; false when the service has no such entity.
 fn forget(client: &mut SpiClient<'_>, service_sid: &str, identity: &str, now: Now) -> TotpResult<bool> {
     super::events::entity_deleted(client, service_sid, identity, now)?;
-    Ok(!db::exec(client, &DELETE, &[arg(identity), arg(service_sid)])?.is_empty())
+    let deleted = !db::exec(client, &DELETE, &[arg(identity), arg(service_sid)])?.is_empty();
+    super::challenges::delete_of(client, super::challenges::Owner::Entity { identity, service_sid })?;
+    Ok(deleted)
 }
 
 /// Deletes an entity and, by cascade, its factors and challenges.

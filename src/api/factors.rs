@@ -10,7 +10,7 @@ use totp_core::uri::KeyUri;
 use totp_core::validate::{self, Invalid};
 use zeroize::Zeroizing;
 
-use super::challenges::SHORT_CODE_MAX_LENGTH;
+use super::challenges::{self, SHORT_CODE_MAX_LENGTH};
 use super::events::{self, Event};
 use super::services::Service;
 use super::{json_object_arg, required, scope, sid_arg};
@@ -622,6 +622,7 @@ fn delete_factor(
         if table.is_empty() {
             return Err(super::entities::missing(client, service_sid, identity, SidKind::Factor, factor_sid));
         }
+        challenges::delete_of(client, challenges::Owner::Factor { identity, factor_sid })?;
         events::send(client, Event::FactorDeleted, service_sid, identity, factor_sid, None, now)
     })?)
 }

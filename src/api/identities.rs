@@ -80,9 +80,14 @@ fn export_identity(identity: Option<&str>) -> Result<Jsonb, ErrorReport> {
 
 static COUNT_FACTORS: Sql =
     Sql { text: "SELECT count(*) FROM totp_private.factors WHERE identity = $1", params: &[TEXT] };
-// Cascades to factors, secrets and challenges; records no event (the identity is moving, not
+// Cascades to factors and secrets (challenges: delete_rows); records no event (the identity is moving, not
 // deleted). Events already recorded stay.
 static DELETE_ROWS: Sql = Sql { text: "DELETE FROM totp_private.entities WHERE identity = $1", params: &[TEXT] };
+/// Deletes every row of `identity` here but its events.
+fn delete_rows(client: &mut SpiClient<'_>, identity: &str) -> TotpResult<()> {
+    db::exec(client, &DELETE_ROWS, &[arg(identity)])?;
+    super::challenges::delete_of(client, super::challenges::Owner::Identity(identity))
+}
 static PLACE: Sql = Sql {
     text: "INSERT INTO totp_private.placements (identity, part_no) VALUES ($1, $2) \
            ON CONFLICT (identity) DO UPDATE SET part_no = EXCLUDED.part_no",
@@ -121,7 +126,7 @@ fn release_identity(identity: Option<&str>, part_no: Option<i32>) -> Result<Json
             )));
         }
         let document = export(client, identity)?;
-        db::exec(client, &DELETE_ROWS, &[arg(identity)])?;
+        delete_rows(client, identity)?;
         place(client, identity, to, part_count)?;
         Ok(document)
     })?;
@@ -198,7 +203,7 @@ fn import_identity(data: Option<Jsonb>) -> Result<i64, ErrorReport> {
         let secrets: Vec<(String, Option<String>)> = db::exec(client, &SECRETS, &[arg(data)])?
             .map(|row| Ok((db::req_at(&row, 1)?, row.get::<String>(2)?)))
             .collect::<TotpResult<_>>()?;
-        db::exec(client, &DELETE_ROWS, &[arg(identity.as_str())])?;
+        delete_rows(client, &identity)?;
         db::exec(client, &INSERT_ENTITIES, &[arg(data)])?;
         db::exec(client, &INSERT_FACTORS, &[arg(data)])?;
         db::exec(client, &INSERT_CHALLENGES, &[arg(data)])?;

@@ -324,7 +324,7 @@ fn delete_service(sid: Option<&str>) -> Result<(), ErrorReport> {
         if table.is_empty() {
             return Err(TotpError::ServiceNotFound { sid: sid.to_string() });
         }
-        Ok(())
+        super::challenges::delete_of(client, super::challenges::Owner::Service(sid))
     })?)
 }
 
