@@ -720,6 +720,29 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------------------------
+-- User mappings: superusers only. A mapping names the partition role a router role connects as,
+-- and PostgreSQL lets any role with USAGE on the server (every role of the grant sets below)
+-- CREATE, ALTER or DROP its own: OPTIONS (SET user 'postgres') would give an application role
+-- superuser connections to the partitions. This event trigger refuses those commands (42501)
+-- to everyone else, before they run.
+
+CREATE FUNCTION totp_router.refuse_user_mapping_changes() RETURNS event_trigger
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
+        RAISE EXCEPTION 'permission denied to % (totp_verify_router: user mappings are for superusers only)', pg_catalog.lower(tg_tag)
+            USING ERRCODE = '42501',
+                  DETAIL = 'A user mapping names the partition role a router role connects as; only a superuser may create, change or drop one.',
+                  HINT = 'Ask a superuser on the router to set the mapping.';
+    END IF;
+END
+$$;
+
+CREATE EVENT TRIGGER totp_router_user_mappings ON ddl_command_start
+    WHEN TAG IN ('CREATE USER MAPPING', 'ALTER USER MAPPING', 'DROP USER MAPPING')
+    EXECUTE FUNCTION totp_router.refuse_user_mapping_changes();
+
+-- ---------------------------------------------------------------------------------------------
 -- Grant sets on the router, mirroring the extension's. They give EXECUTE on the router's
 -- functions (and what routing needs: USAGE on totp_router, partition_of, USAGE on the
 -- server). The partitions decide what the call may do: map the role (CREATE USER MAPPING FOR

@@ -585,6 +585,49 @@ def test_an_identity_move_keeps_factors_counters_and_the_replay_guard(router, sv
             call(p, "get_entity", svc["sid"], identity)
 
 
+def test_user_mappings_are_for_superusers_only(router, as_role):
+    """Any role with USAGE on the server may manage its own user mapping in PostgreSQL: the
+    router's event trigger refuses it, so an application role cannot map itself to a partition
+    superuser."""
+    app = as_role("app_verify")
+    statements = [
+        "ALTER USER MAPPING FOR app_verify SERVER totp_cluster OPTIONS (SET user 'postgres')",
+        "ALTER USER MAPPING FOR CURRENT_USER SERVER totp_cluster OPTIONS (ADD password 'x')",
+        "DROP USER MAPPING FOR app_verify SERVER totp_cluster",
+        "CREATE USER MAPPING FOR totp_admin SERVER totp_cluster OPTIONS (user 'postgres')",
+    ]
+
+    def mapping():
+        return router.execute("SELECT umoptions FROM pg_user_mappings WHERE srvname = 'totp_cluster' "
+                              "AND usename = 'app_verify'").fetchone()
+    try:
+        for sql in statements:
+            with refused("42501") as info:
+                app.execute(sql)
+            assert "user mappings are for superusers only" in info.value.diag.message_primary, sql
+        assert mapping() == {"umoptions": ["user=app_verify"]}
+    finally:  # (before the fix the first statement took effect)
+        if mapping() is None:
+            router.execute("CREATE USER MAPPING FOR app_verify SERVER totp_cluster OPTIONS (user 'app_verify')")
+        router.execute("ALTER USER MAPPING FOR app_verify SERVER totp_cluster OPTIONS (SET user 'app_verify')")
+    # A superuser still manages them; the trigger is an extension member with a pinned path.
+    router.execute("ALTER USER MAPPING FOR app_verify SERVER totp_cluster OPTIONS (SET user 'app_verify')")
+    trigger = router.execute(
+        "SELECT t.evtevent, t.evttags, p.proconfig, d.deptype FROM pg_event_trigger t "
+        "JOIN pg_proc p ON p.oid = t.evtfoid "
+        "JOIN pg_depend d ON d.classid = 'pg_event_trigger'::regclass AND d.objid = t.oid "
+        "AND d.refclassid = 'pg_extension'::regclass "
+        "WHERE t.evtname = 'totp_router_user_mappings'").fetchone()
+    assert trigger == {"evtevent": "ddl_command_start",
+                       "evttags": ["CREATE USER MAPPING", "ALTER USER MAPPING", "DROP USER MAPPING"],
+                       "proconfig": ["search_path=pg_catalog, pg_temp"], "deptype": "e"}
+    ok = rconnect(user="app_verify")
+    try:
+        assert ok.execute("SELECT count(*) AS n FROM totp.list_services()").fetchone()["n"] >= 0
+    finally:
+        ok.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Merged lists, housekeeping, router-side triggers, privileges
 
