@@ -565,7 +565,8 @@ SELECT (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM totp_private.entities e W
 --      the source refusing it from then on); import that document again if it differs;
 --   4. record the new placement and commit: router calls go to the destination.
 -- Idempotent: the same CALL finishes a failed move (after step 3 the source refuses the export,
--- and the destination has the copy). Call it outside a transaction block (it commits between
+-- and the destination has the copy); while a move to partition X is unfinished, a CALL naming
+-- another partition is refused (55000): finish the move to X first. Call it outside a transaction block (it commits between
 -- steps). Superuser on the router, mapped to a superuser on the partitions.
 -- (No SET search_path: a procedure with one cannot commit; every name is qualified.)
 CREATE PROCEDURE totp_router.move_identity(identity text, to_part_no integer, INOUT factors bigint DEFAULT NULL)
@@ -587,6 +588,14 @@ BEGIN
             DETAIL = pg_catalog.format('identity must be given and to_part_no must be 0 to %s.', n - 1);
     END IF;
     SELECT * INTO pl FROM totp_router.placements p WHERE p.identity = move_identity.identity;
+    IF pl.moving_to IS NOT NULL AND pl.moving_to OPERATOR(pg_catalog.<>) to_part_no THEN
+        -- An unfinished move may already have released the identity on its source: only the
+        -- same CALL can finish it (moving it elsewhere would export nothing from the source).
+        RAISE EXCEPTION 'identity is being moved to partition %', pl.moving_to
+            USING ERRCODE = '55000',
+                  DETAIL = pg_catalog.format('An unfinished move of it from partition %s to %s is recorded in totp_router.placements.', pl.part_no, pl.moving_to),
+                  HINT = pg_catalog.format('Finish that move first: CALL totp_router.move_identity(%L, %s); then move it to partition %s.', move_identity.identity, pl.moving_to, to_part_no);
+    END IF;
     cur := coalesce(pl.part_no, totp.shard_hash(move_identity.identity) & (n - 1));
     IF cur <> to_part_no THEN
         INSERT INTO totp_router.placements AS p (identity, part_no, moving_to)
@@ -599,7 +608,9 @@ BEGIN
         EXCEPTION WHEN object_not_in_prerequisite_state THEN
             -- Released by an earlier attempt (step 3 ran): the destination has the rows.
             GET STACKED DIAGNOSTICS e_msg = MESSAGE_TEXT;
-                    IF e_msg NOT LIKE '%identity belongs to partition ' OPERATOR(pg_catalog.||) to_part_no::text OPERATOR(pg_catalog.||) '%' THEN
+            -- The message ends with the partition's number ("... REMOTE ERROR: identity belongs to
+            -- partition 1"): no trailing wildcard, or target 1 would match partition 12.
+            IF e_msg NOT LIKE '%identity belongs to partition ' OPERATOR(pg_catalog.||) to_part_no::text THEN
                 RAISE;
             END IF;
         END;

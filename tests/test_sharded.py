@@ -585,6 +585,54 @@ def test_an_identity_move_keeps_factors_counters_and_the_replay_guard(router, sv
             call(p, "get_entity", svc["sid"], identity)
 
 
+def test_a_move_elsewhere_is_refused_while_a_move_is_unfinished(router, svc):
+    identity = ident("stuck")
+    src = home(identity)
+    x, y = (src + 1) % PARTS, (src + 2) % PARTS
+    f = verified_factor(router, svc["sid"], identity)
+    router.execute("INSERT INTO totp_router.placements (identity, part_no, moving_to) VALUES (%s, %s, %s)",
+                   (identity, src, x))
+    for target in (y, src):
+        with refused("55000") as info:
+            router.execute("CALL totp_router.move_identity(%s, %s)", (identity, target))
+        assert info.value.diag.message_primary == f"identity is being moved to partition {x}"
+        assert f"CALL totp_router.move_identity('{identity}', {x})" in info.value.diag.message_hint
+    assert router.execute("SELECT part_no, moving_to FROM totp_router.placements WHERE identity = %s",
+                          (identity,)).fetchone() == {"part_no": src, "moving_to": x}
+    with pconnect(y) as p:
+        assert p.execute("SELECT count(*) AS n FROM totp_private.factors WHERE identity = %s",
+                         (identity,)).fetchone()["n"] == 0
+    # Finishing the move to x, then moving on to y, works.
+    router.execute("CALL totp_router.move_identity(%s, %s)", (identity, x))
+    router.execute("CALL totp_router.move_identity(%s, %s)", (identity, y))
+    assert router.execute("SELECT part_no, moving_to FROM totp_router.placements WHERE identity = %s",
+                          (identity,)).fetchone() == {"part_no": y, "moving_to": None}
+    assert call(router, "get_factor", svc["sid"], identity, f["sid"])["status"] == "verified"
+
+
+def test_a_move_does_not_take_another_partitions_number_for_its_target(router, svc):
+    """The retry check matches "identity belongs to partition 1" exactly: a source that says the
+    identity belongs to partition 12 is not a finished move to partition 1."""
+    identity = identity_on(0, "twelve")
+    f = verified_factor(router, svc["sid"], identity)
+    with pconnect(0) as p:
+        p.execute("INSERT INTO totp_private.placements (identity, part_no) VALUES (%s, 12)", (identity,))
+    try:
+        with refused("55000") as info:
+            router.execute("CALL totp_router.move_identity(%s, 1)", (identity,))
+        assert info.value.diag.message_primary.endswith("identity belongs to partition 12")
+        assert router.execute("SELECT part_no, moving_to FROM totp_router.placements WHERE identity = %s",
+                              (identity,)).fetchone() == {"part_no": 0, "moving_to": 1}
+    finally:
+        with pconnect(0) as p:
+            p.execute("DELETE FROM totp_private.placements WHERE identity = %s", (identity,))
+        router.execute("DELETE FROM totp_router.placements WHERE identity = %s", (identity,))
+    assert call(router, "get_factor", svc["sid"], identity, f["sid"])["status"] == "verified"
+    with pconnect(1) as p:
+        assert p.execute("SELECT count(*) AS n FROM totp_private.factors WHERE identity = %s",
+                         (identity,)).fetchone()["n"] == 0
+
+
 def test_user_mappings_are_for_superusers_only(router, as_role):
     """Any role with USAGE on the server may manage its own user mapping in PostgreSQL: the
     router's event trigger refuses it, so an application role cannot map itself to a partition
