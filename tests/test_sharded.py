@@ -585,6 +585,57 @@ def test_an_identity_move_keeps_factors_counters_and_the_replay_guard(router, sv
             call(p, "get_entity", svc["sid"], identity)
 
 
+def factor_state(part, identity):
+    with pconnect(part) as p:
+        return p.execute("SELECT sid, last_step, failed_verifications, challenges_in_hour, replay_guards "
+                         "FROM totp_private.factors WHERE identity = %s ORDER BY sid", (identity,)).fetchall()
+
+
+def challenge_state(part, identity):
+    with pconnect(part) as p:
+        return p.execute("SELECT sid, status, failed_attempts FROM totp_private.challenges "
+                         "WHERE identity = %s ORDER BY sid", (identity,)).fetchall()
+
+
+@pytest.mark.step_bounded
+def test_a_move_that_failed_after_the_release_is_finished_by_the_same_call(router, svc):
+    """The retry path of move_identity: a move that stopped after step 3 (the source released the
+    identity, the destination imported it, the placement still says moving) is finished by the
+    same CALL, with the counters and replay guard the destination has."""
+    identity = ident("retry")
+    src = home(identity)
+    dst = (src + 1) % PARTS
+    f = verified_factor(router, svc["sid"], identity)
+    wait_inside_step(30, margin=8)
+    now = time.time()
+    used = step_code(f, 0, now)
+    wrong = "000000" if used != "000000" else "111111"
+    assert call(router, "create_challenge", svc["sid"], identity, f["sid"], used)["status"] == "approved"
+    pend = call(router, "create_challenge", svc["sid"], identity, f["sid"], wrong)
+    before, challenges_before = factor_state(src, identity), challenge_state(src, identity)
+    # Steps 1 to 3 by hand, as the procedure runs them; then the move "fails" before step 4.
+    router.execute("INSERT INTO totp_router.placements (identity, part_no, moving_to) VALUES (%s, %s, %s)",
+                   (identity, src, dst))
+    with pconnect(src) as s, pconnect(dst) as d:
+        copy = s.execute("SELECT totp.export_identity(%s) AS d", (identity,)).fetchone()["d"]
+        d.execute("SELECT totp.import_identity(%s)", (psycopg.types.json.Jsonb(copy),))
+        final = s.execute("SELECT totp.release_identity(%s, %s) AS d", (identity, dst)).fetchone()["d"]
+        d.execute("SELECT totp.import_identity(%s)", (psycopg.types.json.Jsonb(final),))
+    with refused("55000") as info:
+        call(router, "get_factor", svc["sid"], identity, f["sid"])
+    assert "being moved" in info.value.diag.message_primary
+    moved = router.execute("CALL totp_router.move_identity(%s, %s)", (identity, dst)).fetchone()
+    assert moved["factors"] is None  # nothing left to copy: the source had released it
+    assert router.execute("SELECT part_no, moving_to FROM totp_router.placements WHERE identity = %s",
+                          (identity,)).fetchone() == {"part_no": dst, "moving_to": None}
+    assert factor_state(dst, identity) == before and before
+    assert challenge_state(dst, identity) == challenges_before
+    assert factor_state(src, identity) == []
+    # Through the router, on the destination: the code used before the move is still spent.
+    assert call(router, "update_challenge", svc["sid"], identity, pend["sid"], used)["status"] == "pending"
+    assert call(router, "update_challenge", svc["sid"], identity, pend["sid"], step_code(f, 1, now))["status"] == "approved"
+
+
 def test_a_move_elsewhere_is_refused_while_a_move_is_unfinished(router, svc):
     identity = ident("stuck")
     src = home(identity)
