@@ -482,13 +482,17 @@ SELECT c.sid, c.service_sid, c.entity_sid, c.identity, c.factor_sid, c.factor_ty
  ORDER BY c.date_created DESC, c.sid DESC LIMIT $5; $$;
 
 -- A service's challenges across every identity, newest first, keyset-paged by
--- (date_created, sid): pass the last row's date_created and sid for the next page.
+-- (date_created, sid): pass the last row's date_created and sid for the next page. During or
+-- after a failed move an identity's rows are on two partitions: each challenge once (by SID, the
+-- copy updated last), before the order and the limit.
 CREATE FUNCTION totp_router.list_challenges_all(service_sid text, status text DEFAULT NULL,
     before_date timestamptz DEFAULT NULL, before_sid text DEFAULT NULL, max_rows integer DEFAULT 50)
 RETURNS SETOF totp.challenges
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-SELECT c.* FROM totp_router.list_challenges_part(service_sid, status, before_date, before_sid,
-                                                 greatest(least(max_rows, 1000), 1)) c
+SELECT c.* FROM (SELECT DISTINCT ON (p.sid) p.*
+                   FROM totp_router.list_challenges_part(service_sid, status, before_date, before_sid,
+                                                         greatest(least(max_rows, 1000), 1)) p
+                  ORDER BY p.sid, p.date_updated DESC) c
  ORDER BY c.date_created DESC, c.sid DESC
  LIMIT greatest(least(max_rows, 1000), 1)
 $$;

@@ -684,6 +684,33 @@ def test_a_move_does_not_take_another_partitions_number_for_its_target(router, s
                          (identity,)).fetchone()["n"] == 0
 
 
+def test_merged_lists_show_a_half_moved_identity_once(router, svc):
+    """A move that stopped after its copy (step 2) leaves the identity's rows on two partitions:
+    the merged lists show each row once."""
+    identity = ident("half")
+    src = home(identity)
+    dst = (src + 1) % PARTS
+    f = verified_factor(router, svc["sid"], identity)
+    ch = call(router, "create_challenge", svc["sid"], identity, f["sid"])
+    with pconnect(src) as s, pconnect(dst) as d:
+        copy = s.execute("SELECT totp.export_identity(%s) AS d", (identity,)).fetchone()["d"]
+        d.execute("SELECT totp.import_identity(%s)", (psycopg.types.json.Jsonb(copy),))
+    try:
+        rows = router.execute("SELECT sid FROM totp_router.list_challenges_all(%s)", (svc["sid"],)).fetchall()
+        assert [r["sid"] for r in rows] == [ch["sid"]]
+        rows = router.execute("SELECT sid FROM totp_router.list_challenges_all(%s, max_rows => 1)",
+                              (svc["sid"],)).fetchall()
+        assert [r["sid"] for r in rows] == [ch["sid"]]
+        rows = router.execute("SELECT identity FROM totp_router.list_entities(%s)", (svc["sid"],)).fetchall()
+        assert [r["identity"] for r in rows] == [identity]
+        assert router.execute("SELECT sid FROM totp_router.find_challenge(%s, %s)",
+                              (svc["sid"], ch["sid"])).fetchone()["sid"] == ch["sid"]
+    finally:
+        with pconnect(dst) as d:  # undo the copy: released back to its home, dst refuses it again
+            d.execute("SELECT totp.release_identity(%s, %s)", (identity, src))
+    assert call(router, "get_factor", svc["sid"], identity, f["sid"])["status"] == "verified"
+
+
 def test_user_mappings_are_for_superusers_only(router, as_role):
     """Any role with USAGE on the server may manage its own user mapping in PostgreSQL: the
     router's event trigger refuses it, so an application role cannot map itself to a partition
