@@ -456,17 +456,18 @@ RETURNS SETOF totp.entities
 LANGUAGE plproxy VOLATILE AS $$ CLUSTER 'totp_cluster'; RUN ON ALL;
 SELECT e.identity, e.service_sid, e.sid, e.date_created, e.date_updated, e.factor_window_start, e.factors_created_in_window
   FROM totp.entities e
- WHERE e.service_sid = $1 AND ($2::text IS NULL OR e.identity > $2)
- ORDER BY e.identity LIMIT $3; $$;
+ WHERE e.service_sid = $1 AND ($2::text IS NULL OR e.identity COLLATE pg_catalog."C" > $2::text COLLATE pg_catalog."C")
+ ORDER BY e.identity COLLATE pg_catalog."C" LIMIT $3; $$;
 
--- A service's entities in identity order (the database collation), keyset-paged: pass the last
--- identity of a page as after_identity for the next.
+-- A service's entities in identity order (byte order, COLLATE "C", on the partitions and here
+-- alike, whatever collation each database has: a page boundary means the same everywhere),
+-- keyset-paged: pass the last identity of a page as after_identity for the next.
 CREATE FUNCTION totp_router.list_entities(service_sid text, after_identity text DEFAULT NULL, max_rows integer DEFAULT 50)
 RETURNS SETOF totp.entities
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-SELECT DISTINCT ON (e.identity) e.*
+SELECT DISTINCT ON (e.identity COLLATE pg_catalog."C") e.*
   FROM totp_router.list_entities_part(service_sid, after_identity, greatest(least(max_rows, 1000), 1)) e
- ORDER BY e.identity, e.date_updated DESC
+ ORDER BY e.identity COLLATE pg_catalog."C", e.date_updated DESC
  LIMIT greatest(least(max_rows, 1000), 1)
 $$;
 

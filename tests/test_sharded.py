@@ -779,6 +779,28 @@ def test_list_entities_pages_across_partitions_in_identity_order(router, svc):
     assert seen == sorted(oracle, key=lambda s: s.encode()) and set(seen) == set(identities)
 
 
+def test_list_entities_pages_in_byte_order_whatever_the_collation(router, svc):
+    """Mixed case and digits, whose order differs between collations: pages follow byte order
+    (COLLATE "C" on the partitions' comparison and order and on the router's merge)."""
+    stem = uuid.uuid4().hex[:6]
+    identities = [f"{p}-{stem}" for p in ("Zed", "alpha", "Beta", "beta", "0zero", "ALPHA", "a1", "A-1", "z9", "Z")]
+    for i in identities:
+        call(router, "create_entity", svc["sid"], i)
+    seen, after = [], None
+    while True:
+        page = [r["identity"] for r in router.execute(
+            "SELECT identity FROM totp_router.list_entities(%s, after_identity => %s, max_rows => 3)",
+            (svc["sid"], after))]
+        if not page:
+            break
+        seen += page
+        after = page[-1]
+    assert seen == sorted(identities, key=lambda s: s.encode())
+    for fn in ("totp_router.list_entities", "totp_router.list_entities_part"):
+        src = router.execute("SELECT prosrc FROM pg_proc WHERE oid = %s::regproc", (fn,)).fetchone()["prosrc"]
+        assert src.count('COLLATE pg_catalog."C"') >= 2, fn
+
+
 def test_list_challenges_all_and_find_challenge(router, svc):
     made = []
     for _ in range(6):
