@@ -529,7 +529,9 @@ SELECT e.id, e.type, e.service_sid, e.entity_identity, e.factor_sid, e.challenge
  ORDER BY e.date_created, e.id LIMIT $3; $$;
 
 -- Every partition's events (totp.events on each), oldest first, keyset-paged by
--- (date_created, id). Each partition dates its own events with its own clock.
+-- (date_created, id), for inspection. Each partition dates its own events with its own clock
+-- and commits on its own, so an event can commit on one partition behind a key already passed
+-- here: not for delivery (deliver from each partition's totp.events with a cursor per partition).
 CREATE FUNCTION totp_router.events_all(after_date timestamptz DEFAULT NULL, after_id uuid DEFAULT NULL,
     max_rows integer DEFAULT 100) RETURNS SETOF totp.events
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -834,5 +836,5 @@ COMMENT ON FUNCTION totp.services_digest_all() IS 'Each partition''s totp.servic
 COMMENT ON FUNCTION totp_router.list_entities(text, text, integer) IS 'A service''s entities across partitions in identity order, keyset-paged (asks every partition)';
 COMMENT ON FUNCTION totp_router.list_challenges_all(text, text, timestamptz, text, integer) IS 'A service''s challenges across partitions, newest first, keyset-paged by (date_created, sid) (asks every partition)';
 COMMENT ON FUNCTION totp_router.find_challenge(text, text) IS 'A challenge by SID without its identity (asks every partition)';
-COMMENT ON FUNCTION totp_router.events_all(timestamptz, uuid, integer) IS 'Every partition''s totp.events, oldest first, keyset-paged by (date_created, id) (asks every partition)';
+COMMENT ON FUNCTION totp_router.events_all(timestamptz, uuid, integer) IS 'Every partition''s totp.events, oldest first, keyset-paged by (date_created, id) (asks every partition); for inspection, not for delivery (deliver from each partition with a cursor per partition)';
 COMMENT ON PROCEDURE totp_router.move_identity(text, integer, bigint) IS 'Moves an identity (every service) to another partition keeping factors, counters and replay guards; retryable; superuser';
