@@ -4,6 +4,7 @@ moving an identity between partitions with its factors, counters and replay guar
 of one cluster stand in for two partitions (each has its own key file); the router itself is tested
 in tests/test_sharded.py."""
 
+import concurrent.futures
 import hashlib
 import subprocess
 import time
@@ -321,6 +322,78 @@ def test_a_moved_identity_keeps_factors_counters_and_replay_guard(p0, p1):
     assert again["n"] == 2
     assert p1.execute("SELECT placements.part_no FROM totp_private.placements WHERE identity = %s",
                       (mine,)).fetchone()["part_no"] == 1
+
+
+@pytest.mark.step_bounded
+def test_release_waits_for_a_call_in_flight_and_its_document_has_what_that_call_committed(partitions, p0, p1):
+    """A call on the identity that holds its factor row lock when release_identity starts: the
+    release waits for it, and its document (what the destination gets) carries the counters and
+    replay guard that call committed and the challenge it made. Arranged with the lock: session A
+    has the call done but not committed; B's release is observed waiting on A's lock."""
+    mine = identity_on(0)
+    factor = verified_factor(p0, SERVICE, mine)
+    wait_inside_step(30, margin=6)
+    code = oathtool(factor["binding_secret"])
+    before = p0.execute("SELECT last_step FROM totp_private.factors WHERE sid = %s",
+                        (factor["sid"],)).fetchone()["last_step"]
+    a = connect(partitions[0], autocommit=False)
+    b = connect(partitions[0])
+    try:
+        approved = a.execute("SELECT * FROM totp.create_challenge(%s, %s, %s, %s)",
+                             (SERVICE, mine, factor["sid"], code)).fetchone()
+        assert approved["status"] == "approved"
+        a_last_step = a.execute("SELECT last_step FROM totp_private.factors WHERE sid = %s",
+                                (factor["sid"],)).fetchone()["last_step"]
+        assert a_last_step > before
+        a_pid, b_pid = a.info.backend_pid, b.info.backend_pid
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            released = pool.submit(lambda: b.execute("SELECT totp.release_identity(%s, 1) AS d",
+                                                     (mine,)).fetchone()["d"])
+            deadline = time.monotonic() + 30
+            while True:  # B is parked on A's row lock (observed, not assumed)
+                row = p0.execute("SELECT wait_event_type, pg_blocking_pids(pid) AS blockers "
+                                 "FROM pg_stat_activity WHERE pid = %s", (b_pid,)).fetchone()
+                if row["wait_event_type"] == "Lock" and a_pid in row["blockers"]:
+                    break
+                assert not released.done(), f"the release did not wait for the call in flight: {released.result()}"
+                assert time.monotonic() < deadline, f"the release never waited on the call's lock: {row}"
+                time.sleep(0.02)
+            waiting = p0.execute("SELECT count(*) AS n FROM pg_locks WHERE pid = %s AND NOT granted",
+                                 (b_pid,)).fetchone()["n"]
+            assert waiting >= 1
+            a.commit()
+            document = released.result(timeout=30)
+    finally:
+        a.close()
+        b.close()
+    moved = {f["sid"]: f for f in document["factors"]}
+    assert moved[factor["sid"]]["last_step"] == a_last_step
+    assert approved["sid"] in {c["sid"] for c in document["challenges"]}
+    assert {c["sid"]: c["status"] for c in document["challenges"]}[approved["sid"]] == "approved"
+    # What the destination gets from that document keeps the code spent.
+    assert p1.execute("SELECT totp.import_identity(%s) AS n",
+                      (psycopg.types.json.Jsonb(document),)).fetchone()["n"] == 1
+    replay = p1.execute("SELECT * FROM totp.create_challenge(%s, %s, %s, %s)",
+                        (SERVICE, mine, factor["sid"], code)).fetchone()
+    assert replay["status"] == "pending"
+    assert p1.execute("SELECT status FROM totp.get_challenge(%s, %s, %s)",
+                      (SERVICE, mine, approved["sid"])).fetchone()["status"] == "approved"
+
+
+def test_export_and_release_refuse_an_identity_that_lives_elsewhere(p0, p1):
+    """After a release the source refuses the identity's export (55000), as every other call:
+    an empty document imported on the destination would wipe the identity there."""
+    mine = identity_on(0)
+    new_factor(p0, SERVICE, mine)
+    move(p0, p1, mine, 1)
+    for statement in ("SELECT totp.export_identity(%s)", "SELECT totp.release_identity(%s, 2)"):
+        with refused("55000") as info:
+            p0.execute(statement, (mine,))
+        assert info.value.diag.message_primary == "identity belongs to partition 1"
+    foreign = identity_on(3)
+    with refused("55000"):
+        p0.execute("SELECT totp.export_identity(%s)", (foreign,))
+    assert p1.execute("SELECT count(*) AS n FROM totp.list_factors(%s, %s)", (SERVICE, mine)).fetchone()["n"] == 1
 
 
 def test_moving_back_home_drops_the_placement(p0, p1):

@@ -585,6 +585,175 @@ def test_an_identity_move_keeps_factors_counters_and_the_replay_guard(router, sv
             call(p, "get_entity", svc["sid"], identity)
 
 
+def factor_state(part, identity):
+    with pconnect(part) as p:
+        return p.execute("SELECT sid, last_step, failed_verifications, challenges_in_hour, replay_guards "
+                         "FROM totp_private.factors WHERE identity = %s ORDER BY sid", (identity,)).fetchall()
+
+
+def challenge_state(part, identity):
+    with pconnect(part) as p:
+        return p.execute("SELECT sid, status, failed_attempts FROM totp_private.challenges "
+                         "WHERE identity = %s ORDER BY sid", (identity,)).fetchall()
+
+
+@pytest.mark.step_bounded
+def test_a_move_that_failed_after_the_release_is_finished_by_the_same_call(router, svc):
+    """The retry path of move_identity: a move that stopped after step 3 (the source released the
+    identity, the destination imported it, the placement still says moving) is finished by the
+    same CALL, with the counters and replay guard the destination has."""
+    identity = ident("retry")
+    src = home(identity)
+    dst = (src + 1) % PARTS
+    f = verified_factor(router, svc["sid"], identity)
+    wait_inside_step(30, margin=8)
+    now = time.time()
+    used = step_code(f, 0, now)
+    wrong = "000000" if used != "000000" else "111111"
+    assert call(router, "create_challenge", svc["sid"], identity, f["sid"], used)["status"] == "approved"
+    pend = call(router, "create_challenge", svc["sid"], identity, f["sid"], wrong)
+    before, challenges_before = factor_state(src, identity), challenge_state(src, identity)
+    # Steps 1 to 3 by hand, as the procedure runs them; then the move "fails" before step 4.
+    router.execute("INSERT INTO totp_router.placements (identity, part_no, moving_to) VALUES (%s, %s, %s)",
+                   (identity, src, dst))
+    with pconnect(src) as s, pconnect(dst) as d:
+        copy = s.execute("SELECT totp.export_identity(%s) AS d", (identity,)).fetchone()["d"]
+        d.execute("SELECT totp.import_identity(%s)", (psycopg.types.json.Jsonb(copy),))
+        final = s.execute("SELECT totp.release_identity(%s, %s) AS d", (identity, dst)).fetchone()["d"]
+        d.execute("SELECT totp.import_identity(%s)", (psycopg.types.json.Jsonb(final),))
+    with refused("55000") as info:
+        call(router, "get_factor", svc["sid"], identity, f["sid"])
+    assert "being moved" in info.value.diag.message_primary
+    moved = router.execute("CALL totp_router.move_identity(%s, %s)", (identity, dst)).fetchone()
+    assert moved["factors"] is None  # nothing left to copy: the source had released it
+    assert router.execute("SELECT part_no, moving_to FROM totp_router.placements WHERE identity = %s",
+                          (identity,)).fetchone() == {"part_no": dst, "moving_to": None}
+    assert factor_state(dst, identity) == before and before
+    assert challenge_state(dst, identity) == challenges_before
+    assert factor_state(src, identity) == []
+    # Through the router, on the destination: the code used before the move is still spent.
+    assert call(router, "update_challenge", svc["sid"], identity, pend["sid"], used)["status"] == "pending"
+    assert call(router, "update_challenge", svc["sid"], identity, pend["sid"], step_code(f, 1, now))["status"] == "approved"
+
+
+def test_a_move_elsewhere_is_refused_while_a_move_is_unfinished(router, svc):
+    identity = ident("stuck")
+    src = home(identity)
+    x, y = (src + 1) % PARTS, (src + 2) % PARTS
+    f = verified_factor(router, svc["sid"], identity)
+    router.execute("INSERT INTO totp_router.placements (identity, part_no, moving_to) VALUES (%s, %s, %s)",
+                   (identity, src, x))
+    for target in (y, src):
+        with refused("55000") as info:
+            router.execute("CALL totp_router.move_identity(%s, %s)", (identity, target))
+        assert info.value.diag.message_primary == f"identity is being moved to partition {x}"
+        assert f"CALL totp_router.move_identity('{identity}', {x})" in info.value.diag.message_hint
+    assert router.execute("SELECT part_no, moving_to FROM totp_router.placements WHERE identity = %s",
+                          (identity,)).fetchone() == {"part_no": src, "moving_to": x}
+    with pconnect(y) as p:
+        assert p.execute("SELECT count(*) AS n FROM totp_private.factors WHERE identity = %s",
+                         (identity,)).fetchone()["n"] == 0
+    # Finishing the move to x, then moving on to y, works.
+    router.execute("CALL totp_router.move_identity(%s, %s)", (identity, x))
+    router.execute("CALL totp_router.move_identity(%s, %s)", (identity, y))
+    assert router.execute("SELECT part_no, moving_to FROM totp_router.placements WHERE identity = %s",
+                          (identity,)).fetchone() == {"part_no": y, "moving_to": None}
+    assert call(router, "get_factor", svc["sid"], identity, f["sid"])["status"] == "verified"
+
+
+def test_a_move_does_not_take_another_partitions_number_for_its_target(router, svc):
+    """The retry check matches "identity belongs to partition 1" exactly: a source that says the
+    identity belongs to partition 12 is not a finished move to partition 1."""
+    identity = identity_on(0, "twelve")
+    f = verified_factor(router, svc["sid"], identity)
+    with pconnect(0) as p:
+        p.execute("INSERT INTO totp_private.placements (identity, part_no) VALUES (%s, 12)", (identity,))
+    try:
+        with refused("55000") as info:
+            router.execute("CALL totp_router.move_identity(%s, 1)", (identity,))
+        assert info.value.diag.message_primary.endswith("identity belongs to partition 12")
+        assert router.execute("SELECT part_no, moving_to FROM totp_router.placements WHERE identity = %s",
+                              (identity,)).fetchone() == {"part_no": 0, "moving_to": 1}
+    finally:
+        with pconnect(0) as p:
+            p.execute("DELETE FROM totp_private.placements WHERE identity = %s", (identity,))
+        router.execute("DELETE FROM totp_router.placements WHERE identity = %s", (identity,))
+    assert call(router, "get_factor", svc["sid"], identity, f["sid"])["status"] == "verified"
+    with pconnect(1) as p:
+        assert p.execute("SELECT count(*) AS n FROM totp_private.factors WHERE identity = %s",
+                         (identity,)).fetchone()["n"] == 0
+
+
+def test_merged_lists_show_a_half_moved_identity_once(router, svc):
+    """A move that stopped after its copy (step 2) leaves the identity's rows on two partitions:
+    the merged lists show each row once."""
+    identity = ident("half")
+    src = home(identity)
+    dst = (src + 1) % PARTS
+    f = verified_factor(router, svc["sid"], identity)
+    ch = call(router, "create_challenge", svc["sid"], identity, f["sid"])
+    with pconnect(src) as s, pconnect(dst) as d:
+        copy = s.execute("SELECT totp.export_identity(%s) AS d", (identity,)).fetchone()["d"]
+        d.execute("SELECT totp.import_identity(%s)", (psycopg.types.json.Jsonb(copy),))
+    try:
+        rows = router.execute("SELECT sid FROM totp_router.list_challenges_all(%s)", (svc["sid"],)).fetchall()
+        assert [r["sid"] for r in rows] == [ch["sid"]]
+        rows = router.execute("SELECT sid FROM totp_router.list_challenges_all(%s, max_rows => 1)",
+                              (svc["sid"],)).fetchall()
+        assert [r["sid"] for r in rows] == [ch["sid"]]
+        rows = router.execute("SELECT identity FROM totp_router.list_entities(%s)", (svc["sid"],)).fetchall()
+        assert [r["identity"] for r in rows] == [identity]
+        assert router.execute("SELECT sid FROM totp_router.find_challenge(%s, %s)",
+                              (svc["sid"], ch["sid"])).fetchone()["sid"] == ch["sid"]
+    finally:
+        with pconnect(dst) as d:  # undo the copy: released back to its home, dst refuses it again
+            d.execute("SELECT totp.release_identity(%s, %s)", (identity, src))
+    assert call(router, "get_factor", svc["sid"], identity, f["sid"])["status"] == "verified"
+
+
+def test_user_mappings_are_for_superusers_only(router, as_role):
+    """Any role with USAGE on the server may manage its own user mapping in PostgreSQL: the
+    router's event trigger refuses it, so an application role cannot map itself to a partition
+    superuser."""
+    app = as_role("app_verify")
+    statements = [
+        "ALTER USER MAPPING FOR app_verify SERVER totp_cluster OPTIONS (SET user 'postgres')",
+        "ALTER USER MAPPING FOR CURRENT_USER SERVER totp_cluster OPTIONS (ADD password 'x')",
+        "DROP USER MAPPING FOR app_verify SERVER totp_cluster",
+        "CREATE USER MAPPING FOR totp_admin SERVER totp_cluster OPTIONS (user 'postgres')",
+    ]
+
+    def mapping():
+        return router.execute("SELECT umoptions FROM pg_user_mappings WHERE srvname = 'totp_cluster' "
+                              "AND usename = 'app_verify'").fetchone()
+    try:
+        for sql in statements:
+            with refused("42501") as info:
+                app.execute(sql)
+            assert "user mappings are for superusers only" in info.value.diag.message_primary, sql
+        assert mapping() == {"umoptions": ["user=app_verify"]}
+    finally:  # (before the fix the first statement took effect)
+        if mapping() is None:
+            router.execute("CREATE USER MAPPING FOR app_verify SERVER totp_cluster OPTIONS (user 'app_verify')")
+        router.execute("ALTER USER MAPPING FOR app_verify SERVER totp_cluster OPTIONS (SET user 'app_verify')")
+    # A superuser still manages them; the trigger is an extension member with a pinned path.
+    router.execute("ALTER USER MAPPING FOR app_verify SERVER totp_cluster OPTIONS (SET user 'app_verify')")
+    trigger = router.execute(
+        "SELECT t.evtevent, t.evttags, p.proconfig, d.deptype FROM pg_event_trigger t "
+        "JOIN pg_proc p ON p.oid = t.evtfoid "
+        "JOIN pg_depend d ON d.classid = 'pg_event_trigger'::regclass AND d.objid = t.oid "
+        "AND d.refclassid = 'pg_extension'::regclass "
+        "WHERE t.evtname = 'totp_router_user_mappings'").fetchone()
+    assert trigger == {"evtevent": "ddl_command_start",
+                       "evttags": ["CREATE USER MAPPING", "ALTER USER MAPPING", "DROP USER MAPPING"],
+                       "proconfig": ["search_path=pg_catalog, pg_temp"], "deptype": "e"}
+    ok = rconnect(user="app_verify")
+    try:
+        assert ok.execute("SELECT count(*) AS n FROM totp.list_services()").fetchone()["n"] >= 0
+    finally:
+        ok.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Merged lists, housekeeping, router-side triggers, privileges
 
@@ -608,6 +777,28 @@ def test_list_entities_pages_across_partitions_in_identity_order(router, svc):
             oracle += [r["identity"] for r in p.execute(
                 "SELECT identity FROM totp.entities WHERE service_sid = %s", (svc["sid"],))]
     assert seen == sorted(oracle, key=lambda s: s.encode()) and set(seen) == set(identities)
+
+
+def test_list_entities_pages_in_byte_order_whatever_the_collation(router, svc):
+    """Mixed case and digits, whose order differs between collations: pages follow byte order
+    (COLLATE "C" on the partitions' comparison and order and on the router's merge)."""
+    stem = uuid.uuid4().hex[:6]
+    identities = [f"{p}-{stem}" for p in ("Zed", "alpha", "Beta", "beta", "0zero", "ALPHA", "a1", "A-1", "z9", "Z")]
+    for i in identities:
+        call(router, "create_entity", svc["sid"], i)
+    seen, after = [], None
+    while True:
+        page = [r["identity"] for r in router.execute(
+            "SELECT identity FROM totp_router.list_entities(%s, after_identity => %s, max_rows => 3)",
+            (svc["sid"], after))]
+        if not page:
+            break
+        seen += page
+        after = page[-1]
+    assert seen == sorted(identities, key=lambda s: s.encode())
+    for fn in ("totp_router.list_entities", "totp_router.list_entities_part"):
+        src = router.execute("SELECT prosrc FROM pg_proc WHERE oid = %s::regproc", (fn,)).fetchone()["prosrc"]
+        assert src.count('COLLATE pg_catalog."C"') >= 2, fn
 
 
 def test_list_challenges_all_and_find_challenge(router, svc):

@@ -51,6 +51,25 @@ static EXPORT: Sql = Sql {
 };
 const TEXT_ARRAY: pgrx::pg_sys::PgOid = pgrx::pg_sys::PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::TEXTARRAYOID);
 
+static PLACEMENT: Sql =
+    Sql { text: "SELECT part_no FROM totp_private.placements WHERE identity = $1", params: &[TEXT] };
+
+/// On a partition, refuses (55000, the guard of every identity-scoped call) an identity that
+/// lives elsewhere, for instance one already released from here: its export would be empty, and
+/// importing that would wipe the identity's copy on the destination. Returns this database's
+/// `(part_no, part_count)`, if it is a partition.
+fn guarded(client: &mut SpiClient<'_>, identity: &str) -> TotpResult<Option<(i32, i32)>> {
+    let current = super::partitions::current(client)?;
+    if let Some((here, part_count)) = current {
+        let placement = match db::first(db::exec(client, &PLACEMENT, &[arg(identity)])?) {
+            Some(row) => Some(db::req::<i32>(&row, 1)?),
+            None => None,
+        };
+        super::partitions::guard(identity, Some(here), Some(part_count), placement)?;
+    }
+    Ok(current)
+}
+
 /// The identity's rows in every service as a document's text, its secrets opened.
 fn export(client: &mut SpiClient<'_>, identity: &str) -> TotpResult<String> {
     let mut sids = Vec::new();
@@ -68,13 +87,17 @@ fn export(client: &mut SpiClient<'_>, identity: &str) -> TotpResult<String> {
 }
 
 /// The identity's entities, factors (with their secrets in plaintext, base32), counters, replay
-/// guards and challenges in every service, as a document `import_identity` takes. Superuser only.
+/// guards and challenges in every service, as a document `import_identity` takes. On a partition,
+/// only for an identity that lives there (else 55000). Superuser only.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn export_identity(identity: Option<&str>) -> Result<Jsonb, ErrorReport> {
     super::require_superuser("export an identity")?;
     let identity = identity_arg(identity)?;
-    let text = Spi::connect_mut(|client| export(client, identity))?;
+    let text = Spi::connect_mut(|client| -> TotpResult<String> {
+        guarded(client, identity)?;
+        export(client, identity)
+    })?;
     Ok(Jsonb::from_text(&text))
 }
 
@@ -94,6 +117,15 @@ static PLACE: Sql = Sql {
     params: &[TEXT, INT4],
 };
 static UNPLACE: Sql = Sql { text: "DELETE FROM totp_private.placements WHERE identity = $1", params: &[TEXT] };
+// Waits for the identity's calls still running here (each holds its entity or factor row lock
+// until it commits) and keeps new ones out until the release commits. The export after it is a
+// new statement, so (READ COMMITTED, and SPI takes a new snapshot for each statement of a
+// read-write call) it sees what those calls committed.
+static LOCK_ROWS: Sql = Sql {
+    text: "SELECT (SELECT count(*) FROM (SELECT FROM totp_private.entities e WHERE e.identity = $1 FOR UPDATE) le) \
+                + (SELECT count(*) FROM (SELECT FROM totp_private.factors f WHERE f.identity = $1 FOR UPDATE) lf)",
+    params: &[TEXT],
+};
 
 /// Records that `identity` lives on partition `home`: a placement row where that differs from
 /// its hashed partition, none where it does not.
@@ -108,7 +140,9 @@ fn place(client: &mut SpiClient<'_>, identity: &str, home: i32, part_count: i32)
 
 /// Moves an identity out of this partition: returns its export document, deletes its rows here
 /// (no events) and records that it now lives on partition `part_no`, so this partition refuses
-/// calls on it (55000). One transaction: no write here can follow the export. Superuser only.
+/// calls on it (55000). One transaction: the identity's entity and factor rows are locked first,
+/// so calls still running on it finish (and are in the export) and no write here can follow the
+/// export. Superuser only.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn release_identity(identity: Option<&str>, part_no: Option<i32>) -> Result<Jsonb, ErrorReport> {
@@ -116,7 +150,7 @@ fn release_identity(identity: Option<&str>, part_no: Option<i32>) -> Result<Json
     let identity = identity_arg(identity)?;
     let to = required("part_no", part_no)?;
     let text = Spi::connect_mut(|client| -> TotpResult<String> {
-        let Some((here, part_count)) = super::partitions::current(client)? else {
+        let Some((here, part_count)) = guarded(client, identity)? else {
             return Err(TotpError::NoPartition { what: "move identities" });
         };
         if !(0..part_count).contains(&to) || to == here {
@@ -125,6 +159,7 @@ fn release_identity(identity: Option<&str>, part_no: Option<i32>) -> Result<Json
                 format!("must be another partition, from 0 to {}", part_count - 1),
             )));
         }
+        db::exec(client, &LOCK_ROWS, &[arg(identity)])?;
         let document = export(client, identity)?;
         delete_rows(client, identity)?;
         place(client, identity, to, part_count)?;
