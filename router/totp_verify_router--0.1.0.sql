@@ -456,18 +456,17 @@ RETURNS SETOF totp.entities
 LANGUAGE plproxy VOLATILE AS $$ CLUSTER 'totp_cluster'; RUN ON ALL;
 SELECT e.identity, e.service_sid, e.sid, e.date_created, e.date_updated, e.factor_window_start, e.factors_created_in_window
   FROM totp.entities e
- WHERE e.service_sid = $1 AND ($2::text IS NULL OR e.identity COLLATE pg_catalog."C" > $2::text COLLATE pg_catalog."C")
- ORDER BY e.identity COLLATE pg_catalog."C" LIMIT $3; $$;
+ WHERE e.service_sid = $1 AND ($2::text IS NULL OR e.identity > $2)
+ ORDER BY e.identity LIMIT $3; $$;
 
--- A service's entities in identity order (byte order, COLLATE "C", on the partitions and here
--- alike, whatever collation each database has: a page boundary means the same everywhere),
--- keyset-paged: pass the last identity of a page as after_identity for the next.
+-- A service's entities in identity order (the database collation), keyset-paged: pass the last
+-- identity of a page as after_identity for the next.
 CREATE FUNCTION totp_router.list_entities(service_sid text, after_identity text DEFAULT NULL, max_rows integer DEFAULT 50)
 RETURNS SETOF totp.entities
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-SELECT DISTINCT ON (e.identity COLLATE pg_catalog."C") e.*
+SELECT DISTINCT ON (e.identity) e.*
   FROM totp_router.list_entities_part(service_sid, after_identity, greatest(least(max_rows, 1000), 1)) e
- ORDER BY e.identity COLLATE pg_catalog."C", e.date_updated DESC
+ ORDER BY e.identity, e.date_updated DESC
  LIMIT greatest(least(max_rows, 1000), 1)
 $$;
 
@@ -483,17 +482,13 @@ SELECT c.sid, c.service_sid, c.entity_sid, c.identity, c.factor_sid, c.factor_ty
  ORDER BY c.date_created DESC, c.sid DESC LIMIT $5; $$;
 
 -- A service's challenges across every identity, newest first, keyset-paged by
--- (date_created, sid): pass the last row's date_created and sid for the next page. During or
--- after a failed move an identity's rows are on two partitions: each challenge once (by SID, the
--- copy updated last), before the order and the limit.
+-- (date_created, sid): pass the last row's date_created and sid for the next page.
 CREATE FUNCTION totp_router.list_challenges_all(service_sid text, status text DEFAULT NULL,
     before_date timestamptz DEFAULT NULL, before_sid text DEFAULT NULL, max_rows integer DEFAULT 50)
 RETURNS SETOF totp.challenges
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-SELECT c.* FROM (SELECT DISTINCT ON (p.sid) p.*
-                   FROM totp_router.list_challenges_part(service_sid, status, before_date, before_sid,
-                                                         greatest(least(max_rows, 1000), 1)) p
-                  ORDER BY p.sid, p.date_updated DESC) c
+SELECT c.* FROM totp_router.list_challenges_part(service_sid, status, before_date, before_sid,
+                                                 greatest(least(max_rows, 1000), 1)) c
  ORDER BY c.date_created DESC, c.sid DESC
  LIMIT greatest(least(max_rows, 1000), 1)
 $$;
@@ -529,9 +524,7 @@ SELECT e.id, e.type, e.service_sid, e.entity_identity, e.factor_sid, e.challenge
  ORDER BY e.date_created, e.id LIMIT $3; $$;
 
 -- Every partition's events (totp.events on each), oldest first, keyset-paged by
--- (date_created, id), for inspection. Each partition dates its own events with its own clock
--- and commits on its own, so an event can commit on one partition behind a key already passed
--- here: not for delivery (deliver from each partition's totp.events with a cursor per partition).
+-- (date_created, id). Each partition dates its own events with its own clock.
 CREATE FUNCTION totp_router.events_all(after_date timestamptz DEFAULT NULL, after_id uuid DEFAULT NULL,
     max_rows integer DEFAULT 100) RETURNS SETOF totp.events
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -572,8 +565,7 @@ SELECT (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM totp_private.entities e W
 --      the source refusing it from then on); import that document again if it differs;
 --   4. record the new placement and commit: router calls go to the destination.
 -- Idempotent: the same CALL finishes a failed move (after step 3 the source refuses the export,
--- and the destination has the copy); while a move to partition X is unfinished, a CALL naming
--- another partition is refused (55000): finish the move to X first. Call it outside a transaction block (it commits between
+-- and the destination has the copy). Call it outside a transaction block (it commits between
 -- steps). Superuser on the router, mapped to a superuser on the partitions.
 -- (No SET search_path: a procedure with one cannot commit; every name is qualified.)
 CREATE PROCEDURE totp_router.move_identity(identity text, to_part_no integer, INOUT factors bigint DEFAULT NULL)
@@ -595,14 +587,6 @@ BEGIN
             DETAIL = pg_catalog.format('identity must be given and to_part_no must be 0 to %s.', n - 1);
     END IF;
     SELECT * INTO pl FROM totp_router.placements p WHERE p.identity = move_identity.identity;
-    IF pl.moving_to IS NOT NULL AND pl.moving_to OPERATOR(pg_catalog.<>) to_part_no THEN
-        -- An unfinished move may already have released the identity on its source: only the
-        -- same CALL can finish it (moving it elsewhere would export nothing from the source).
-        RAISE EXCEPTION 'identity is being moved to partition %', pl.moving_to
-            USING ERRCODE = '55000',
-                  DETAIL = pg_catalog.format('An unfinished move of it from partition %s to %s is recorded in totp_router.placements.', pl.part_no, pl.moving_to),
-                  HINT = pg_catalog.format('Finish that move first: CALL totp_router.move_identity(%L, %s); then move it to partition %s.', move_identity.identity, pl.moving_to, to_part_no);
-    END IF;
     cur := coalesce(pl.part_no, totp.shard_hash(move_identity.identity) & (n - 1));
     IF cur <> to_part_no THEN
         INSERT INTO totp_router.placements AS p (identity, part_no, moving_to)
@@ -615,9 +599,7 @@ BEGIN
         EXCEPTION WHEN object_not_in_prerequisite_state THEN
             -- Released by an earlier attempt (step 3 ran): the destination has the rows.
             GET STACKED DIAGNOSTICS e_msg = MESSAGE_TEXT;
-            -- The message ends with the partition's number ("... REMOTE ERROR: identity belongs to
-            -- partition 1"): no trailing wildcard, or target 1 would match partition 12.
-            IF e_msg NOT LIKE '%identity belongs to partition ' OPERATOR(pg_catalog.||) to_part_no::text THEN
+                    IF e_msg NOT LIKE '%identity belongs to partition ' OPERATOR(pg_catalog.||) to_part_no::text OPERATOR(pg_catalog.||) '%' THEN
                 RAISE;
             END IF;
         END;
@@ -738,29 +720,6 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- User mappings: superusers only. A mapping names the partition role a router role connects as,
--- and PostgreSQL lets any role with USAGE on the server (every role of the grant sets below)
--- CREATE, ALTER or DROP its own: OPTIONS (SET user 'postgres') would give an application role
--- superuser connections to the partitions. This event trigger refuses those commands (42501)
--- to everyone else, before they run.
-
-CREATE FUNCTION totp_router.refuse_user_mapping_changes() RETURNS event_trigger
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
-        RAISE EXCEPTION 'permission denied to % (totp_verify_router: user mappings are for superusers only)', pg_catalog.lower(tg_tag)
-            USING ERRCODE = '42501',
-                  DETAIL = 'A user mapping names the partition role a router role connects as; only a superuser may create, change or drop one.',
-                  HINT = 'Ask a superuser on the router to set the mapping.';
-    END IF;
-END
-$$;
-
-CREATE EVENT TRIGGER totp_router_user_mappings ON ddl_command_start
-    WHEN TAG IN ('CREATE USER MAPPING', 'ALTER USER MAPPING', 'DROP USER MAPPING')
-    EXECUTE FUNCTION totp_router.refuse_user_mapping_changes();
-
--- ---------------------------------------------------------------------------------------------
 -- Grant sets on the router, mirroring the extension's. They give EXECUTE on the router's
 -- functions (and what routing needs: USAGE on totp_router, partition_of, USAGE on the
 -- server). The partitions decide what the call may do: map the role (CREATE USER MAPPING FOR
@@ -836,5 +795,5 @@ COMMENT ON FUNCTION totp.services_digest_all() IS 'Each partition''s totp.servic
 COMMENT ON FUNCTION totp_router.list_entities(text, text, integer) IS 'A service''s entities across partitions in identity order, keyset-paged (asks every partition)';
 COMMENT ON FUNCTION totp_router.list_challenges_all(text, text, timestamptz, text, integer) IS 'A service''s challenges across partitions, newest first, keyset-paged by (date_created, sid) (asks every partition)';
 COMMENT ON FUNCTION totp_router.find_challenge(text, text) IS 'A challenge by SID without its identity (asks every partition)';
-COMMENT ON FUNCTION totp_router.events_all(timestamptz, uuid, integer) IS 'Every partition''s totp.events, oldest first, keyset-paged by (date_created, id) (asks every partition); for inspection, not for delivery (deliver from each partition with a cursor per partition)';
+COMMENT ON FUNCTION totp_router.events_all(timestamptz, uuid, integer) IS 'Every partition''s totp.events, oldest first, keyset-paged by (date_created, id) (asks every partition)';
 COMMENT ON PROCEDURE totp_router.move_identity(text, integer, bigint) IS 'Moves an identity (every service) to another partition keeping factors, counters and replay guards; retryable; superuser';

@@ -888,3 +888,51 @@ def test_public_gets_nothing_on_the_router(router):
         assert leaks == []
     finally:
         router.execute(f"DROP ROLE {role}")
+
+
+ROUTER_CATALOG = """
+SELECT 'function ' || p.oid::regprocedure::text AS object,
+       pg_get_functiondef(p.oid) || coalesce(p.proacl::text, '(default acl)')
+         || coalesce(obj_description(p.oid, 'pg_proc'), '') AS definition
+  FROM pg_proc p WHERE p.pronamespace IN ('totp'::regnamespace, 'totp_router'::regnamespace)
+UNION ALL
+SELECT 'event trigger ' || e.evtname, e.evtevent || e.evttags::text || e.evtfoid::regproc::text || e.evtenabled::text
+  FROM pg_event_trigger e
+UNION ALL
+SELECT 'relation ' || c.oid::regclass::text, c.relkind::text || coalesce(c.relacl::text, '')
+  FROM pg_class c WHERE c.relnamespace IN ('totp'::regnamespace, 'totp_router'::regnamespace)
+UNION ALL
+SELECT 'schema ' || n.nspname, coalesce(n.nspacl::text, '') || coalesce(obj_description(n.oid, 'pg_namespace'), '')
+  FROM pg_namespace n WHERE n.nspname IN ('totp', 'totp_router')
+ORDER BY 1
+"""
+
+
+def test_router_upgrade_from_0_1_0_gives_the_fresh_0_2_0(router):
+    """totp_verify_router 0.1.0 shipped (stop 20); ALTER EXTENSION ... UPDATE must give exactly
+    what a fresh install of the current version gives: every function's definition, ACL and
+    comment, the user-mapping event trigger, relations and schemas."""
+    names = [f"rupgrade_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    with rconnect() as r:
+        for name in names:
+            r.execute(f"CREATE DATABASE {name}")
+    try:
+        catalogs = []
+        for name, steps in zip(names, (["CREATE EXTENSION totp_verify_router VERSION '0.1.0' CASCADE",
+                                         "ALTER EXTENSION totp_verify_router UPDATE"],
+                                        ["CREATE EXTENSION totp_verify_router CASCADE"])):
+            with rconnect(dbname=name) as c:
+                for step in steps:
+                    c.execute(step)
+                assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'totp_verify_router'"
+                                 ).fetchone()["extversion"] == "0.2.0"
+                catalogs.append(c.execute(ROUTER_CATALOG).fetchall())
+        upgraded, fresh = catalogs
+        assert [r["object"] for r in upgraded] == [r["object"] for r in fresh]
+        differs = [u["object"] for u, f in zip(upgraded, fresh) if u["definition"] != f["definition"]]
+        assert differs == []
+        assert any(r["object"] == "event trigger totp_router_user_mappings" for r in fresh)
+    finally:
+        with rconnect() as r:
+            for name in names:
+                r.execute(f"DROP DATABASE IF EXISTS {name}")

@@ -103,14 +103,16 @@ fn export_identity(identity: Option<&str>) -> Result<Jsonb, ErrorReport> {
 
 static COUNT_FACTORS: Sql =
     Sql { text: "SELECT count(*) FROM totp_private.factors WHERE identity = $1", params: &[TEXT] };
-// Cascades to factors and secrets (challenges: delete_rows); records no event (the identity is moving, not
-// deleted). Events already recorded stay.
+// Cascades to factors and secrets (the challenges: delete_rows); records no event (the identity
+// is moving, not deleted). Events already recorded stay.
 static DELETE_ROWS: Sql = Sql { text: "DELETE FROM totp_private.entities WHERE identity = $1", params: &[TEXT] };
+
 /// Deletes every row of `identity` here but its events.
 fn delete_rows(client: &mut SpiClient<'_>, identity: &str) -> TotpResult<()> {
     db::exec(client, &DELETE_ROWS, &[arg(identity)])?;
     super::challenges::delete_of(client, super::challenges::Owner::Identity(identity))
 }
+
 static PLACE: Sql = Sql {
     text: "INSERT INTO totp_private.placements (identity, part_no) VALUES ($1, $2) \
            ON CONFLICT (identity) DO UPDATE SET part_no = EXCLUDED.part_no",
