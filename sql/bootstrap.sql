@@ -140,8 +140,8 @@ CREATE TABLE totp_private.factor_secrets (
 );
 CREATE INDEX factor_secrets_key_id ON totp_private.factor_secrets (key_id);
 
--- No foreign key to totp.services: the factor's already cascades from it, and a second one would
--- make every challenge lock the (one, shared) service row FOR KEY SHARE.
+-- No foreign key to totp.services: a second one would make every challenge lock the (one,
+-- shared) service row FOR KEY SHARE; delete_service deletes the service's challenges itself.
 CREATE TABLE totp_private.challenges (
     identity                     text        NOT NULL,
     sid                          text        NOT NULL,
@@ -167,8 +167,12 @@ CREATE TABLE totp_private.challenges (
 -- has just locked the factor row FOR UPDATE, which is stronger than the check's FOR KEY SHARE.
 -- Its cascade is explicit instead: delete_factor, delete_entity, delete_service and
 -- release/import_identity delete the challenges after the factor rows (the lock order of every
--- call: factor, then challenge). Unverified factors, which run_maintenance deletes, never have
--- challenges. Reads join the factor where its existence matters (has_recent_approval).
+-- call: factor, then challenge; delete_service by service_sid, a scan of this table, as the one
+-- call that spans identities). Unverified factors, which run_maintenance and create_factor
+-- delete, never have challenges (create_challenge refuses them; import_identity refuses
+-- challenges of factors it does not bring). Where the factor matters (update_challenge,
+-- has_recent_approval) the factor is joined and a challenge older than it is ignored, so that
+-- challenges left by a factor deleted by hand stay inert even if its SID is used again.
 -- No index on (identity, factor_sid): deleting a factor finds its challenges through the
 -- primary key's identity prefix (an identity has few challenges), and every index here is one
 -- more random B-tree insertion per challenge.

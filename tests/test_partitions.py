@@ -437,6 +437,25 @@ def test_imports_refuse_documents_they_cannot_trust(p0, p1):
                       (mine,)).fetchone()["n"] == 0
 
 
+def test_imports_refuse_challenges_of_factors_the_document_does_not_hold(p0, p1):
+    """Challenges have no foreign key to their factor (0.7.0): a document's challenges must
+    belong to its own verified factors, else a challenge could wait for a factor of its SID."""
+    mine = identity_on(0)
+    factor = verified_factor(p0, SERVICE, mine)
+    unverified = new_factor(p0, SERVICE, mine, "tablet")
+    p0.execute("SELECT * FROM totp.create_challenge(%s, %s, %s)", (SERVICE, mine, factor["sid"]))
+    document = p0.execute("SELECT totp.export_identity(%s) AS d", (mine,)).fetchone()["d"]
+    assert len(document["challenges"]) == 1
+
+    def imported(doc):
+        return p1.execute("SELECT totp.import_identity(%s) AS n", (psycopg.types.json.Jsonb(doc),))
+    for factor_sid in (unverified["sid"], "YF" + "0" * 32):
+        with refused("22023") as info:
+            imported(dict(document, challenges=[dict(document["challenges"][0], factor_sid=factor_sid)]))
+        assert "challenges of its verified factors only" in info.value.diag.message_detail
+    assert imported(document).fetchone()["n"] == 2
+
+
 def test_release_needs_a_partition_and_another_target(conn, p0):
     with refused("55000"):
         conn.execute("SELECT totp.release_identity('alice', 1)")

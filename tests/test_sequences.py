@@ -707,6 +707,14 @@ def test_challenges_of_a_factor_deleted_by_hand_are_inert(conn):
                             (svc["sid"], person)).fetchone()["ok"]
     assert conn.execute("SELECT status FROM totp_private.challenges WHERE identity = %s AND sid = %s",
                         (person, pending["sid"])).fetchone()["status"] == "pending"
+    # A factor created again under the same SID does not adopt them: the old pending challenge
+    # cannot be answered with the new factor's code, nor does the old approval count.
+    again = verified(conn, svc, person, sid=f["sid"])
+    assert again["sid"] == f["sid"]
+    with refused("P0002", 60390):
+        answer(conn, svc, person, pending, fresh_code(again, 0))
+    assert not conn.execute("SELECT totp.has_recent_approval(%s, %s, '5 minutes') AS ok",
+                            (svc["sid"], person)).fetchone()["ok"]
 
 
 def test_delete_factor_cascades(conn):

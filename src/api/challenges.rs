@@ -284,8 +284,10 @@ static FIND: Sql = Sql {
 };
 
 // The challenge's factor locked (with its secret, as factors::lock reads it),
-// then the challenge locked, in one statement. Lock order is factor, then challenge, as in
-// delete_factor's cascade and update_factor, so that they cannot deadlock: LockRows takes the
+// then the challenge locked, in one statement. A challenge older than the factor is not its: it
+// was left by a factor of the same SID deleted by hand (challenges have no foreign key), and must
+// not come back to life with a factor re-created under that SID (the same in RECENT_APPROVAL). Lock order is factor, then challenge, as in
+// delete_factor and update_factor, so that they cannot deadlock: LockRows takes the
 // row marks in the order the locking clauses name them (one clause each, to make that plain).
 // The challenge's columns come last.
 static LOCK: Sql = Sql {
@@ -297,7 +299,7 @@ static LOCK: Sql = Sql {
          JOIN totp_private.factors f ON f.identity = c.identity AND f.sid = c.factor_sid \
          JOIN totp_private.factor_secrets s ON s.identity = f.identity AND s.factor_sid = f.sid \
          WHERE c.identity = $1 AND c.sid = $2 AND c.service_sid = $3 AND f.identity = $1 \
-           AND f.service_sid = $3 AND s.identity = $1 \
+           AND f.service_sid = $3 AND s.identity = $1 AND c.date_created >= f.date_created \
            AND (f.unverified_until IS NULL OR f.unverified_until > $4) \
          FOR UPDATE OF f FOR UPDATE OF c"
     ),
@@ -439,6 +441,7 @@ static RECENT_APPROVAL: Sql = Sql {
     text: "SELECT EXISTS (SELECT 1 FROM totp_private.challenges c \
              JOIN totp_private.factors f ON f.identity = c.identity AND f.sid = c.factor_sid \
              WHERE c.identity = $1 AND c.service_sid = $2 AND c.status = 'approved' AND f.identity = $1 \
+               AND c.date_created >= f.date_created \
                AND c.date_responded > pg_catalog.statement_timestamp() - $3 * interval '1 microsecond' \
                AND ($4::int8 IS NULL \
                     OR f.date_verified <= c.date_responded - $4 * interval '1 microsecond'))",

@@ -66,7 +66,7 @@ fn forget(client: &mut SpiClient<'_>, service_sid: &str, identity: &str, now: No
     Ok(deleted)
 }
 
-/// Deletes an entity and, by cascade, its factors and challenges.
+/// Deletes an entity and its factors (by cascade) and challenges.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn delete_entity(service_sid: Option<&str>, identity: Option<&str>) -> Result<(), ErrorReport> {

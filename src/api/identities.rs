@@ -179,7 +179,11 @@ static HEADER: Sql = Sql {
            + (SELECT count(*) FROM pg_catalog.jsonb_array_elements(COALESCE($1->'challenges', '[]')) c \
                WHERE c->>'identity' IS DISTINCT FROM $1->>'identity'), \
              (SELECT min(e->>'service_sid') FROM pg_catalog.jsonb_array_elements(COALESCE($1->'entities', '[]')) e \
-               WHERE NOT EXISTS (SELECT FROM totp_private.services s WHERE s.sid = e->>'service_sid'))",
+               WHERE NOT EXISTS (SELECT FROM totp_private.services s WHERE s.sid = e->>'service_sid')), \
+             (SELECT count(*) FROM pg_catalog.jsonb_array_elements(COALESCE($1->'challenges', '[]')) c \
+               WHERE NOT EXISTS (SELECT FROM pg_catalog.jsonb_array_elements(COALESCE($1->'factors', '[]')) f \
+                                  WHERE f->>'sid' = c->>'factor_sid' AND f->>'service_sid' = c->>'service_sid' \
+                                    AND f->>'status' = 'verified'))",
     params: &[crate::db::JSONB],
 };
 static SECRETS: Sql = Sql {
@@ -236,6 +240,11 @@ fn import_identity(data: Option<Jsonb>) -> Result<i64, ErrorReport> {
         }
         if let Some(sid) = db::get::<String>(&header, 4)? {
             return Err(TotpError::ServiceNotFound { sid });
+        }
+        // Challenges have no foreign key to their factor: a document's must belong to its own
+        // verified factors (only those have challenges).
+        if db::req::<i64>(&header, 5)? != 0 {
+            return Err(invalid_document("must hold challenges of its verified factors only"));
         }
         let secrets: Vec<(String, Option<String>)> = db::exec(client, &SECRETS, &[arg(data)])?
             .map(|row| Ok((db::req_at(&row, 1)?, row.get::<String>(2)?)))

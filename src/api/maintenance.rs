@@ -42,8 +42,10 @@ fn run_maintenance() -> Result<
 > {
     let now = Now::read();
     let counts = Spi::connect_mut(|client| -> TotpResult<(i64, i64, i64)> {
-        let expired = db::exec(client, &EXPIRE_CHALLENGES, &[arg(now.timestamptz())])?.len();
+        // Factors before challenges: the lock order of every call (a deletion holding a factor
+        // and waiting for its challenge must not meet maintenance holding it the other way).
         let deleted = db::exec(client, &DELETE_UNVERIFIED, &[arg(now.timestamptz())])?.len();
+        let expired = db::exec(client, &EXPIRE_CHALLENGES, &[arg(now.timestamptz())])?.len();
         let pruned = db::exec(client, &PRUNE_EVENTS, &[arg(now.timestamptz())])?.len();
         Ok((expired as i64, deleted as i64, pruned as i64))
     })?;

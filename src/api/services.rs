@@ -311,7 +311,7 @@ fn update_service(
 
 static DELETE: Sql = Sql { text: "DELETE FROM totp_private.services WHERE sid = $1 RETURNING sid", params: &[TEXT] };
 
-/// Deletes a service and, by cascade, its entities, factors and challenges, recording a
+/// Deletes a service and its entities, factors (by cascade) and challenges, recording a
 /// `factor.deleted` for each factor.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
