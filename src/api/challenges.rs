@@ -283,13 +283,13 @@ static FIND: Sql = Sql {
     params: &[TEXT, TEXT, TEXT],
 };
 
-// The challenge's factor locked (with its secret, as factors::lock reads it),
-// then the challenge locked, in one statement. A challenge older than the factor is not its: it
-// was left by a factor of the same SID deleted by hand (challenges have no foreign key), and must
-// not come back to life with a factor re-created under that SID (the same in RECENT_APPROVAL). Lock order is factor, then challenge, as in
-// delete_factor and update_factor, so that they cannot deadlock: LockRows takes the
-// row marks in the order the locking clauses name them (one clause each, to make that plain).
-// The challenge's columns come last.
+// The challenge's factor locked (with its secret, as factors::lock reads it), then the challenge
+// locked, in one statement. Lock order is factor, then challenge, as in delete_factor and
+// update_factor, so that they cannot deadlock: LockRows takes the row marks in the order the
+// locking clauses name them (one clause each, to make that plain). A challenge older than the
+// factor is not its: it was left by a factor of the same SID deleted by hand (challenges have no
+// foreign key) and must not come back to life with a factor re-created under that SID (the same
+// in RECENT_APPROVAL). The challenge's columns come last.
 static LOCK: Sql = Sql {
     text: concat!(
         "SELECT ",
