@@ -265,10 +265,14 @@ def test_reads_need_the_grant_sets(partitions):
                 c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
+def import_document(conn, document):
+    """import_identity(document): the number of factors imported."""
+    return conn.execute("SELECT totp.import_identity(%s) AS n", (psycopg.types.json.Jsonb(document),)).fetchone()["n"]
+
+
 def move(source, destination, identity, to):
     document = source.execute("SELECT totp.release_identity(%s, %s) AS d", (identity, to)).fetchone()["d"]
-    imported = destination.execute("SELECT totp.import_identity(%s) AS n", (psycopg.types.json.Jsonb(document),))
-    return document, imported.fetchone()["n"]
+    return document, import_document(destination, document)
 
 
 @pytest.mark.step_bounded
@@ -318,8 +322,7 @@ def test_a_moved_identity_keeps_factors_counters_and_replay_guard(p0, p1):
                           (SERVICE, mine, replay["sid"], next_code)).fetchone()
     assert answered["status"] == "approved"
     # A retried import replaces what the first one wrote: same rows, nothing doubled.
-    again = p1.execute("SELECT totp.import_identity(%s) AS n", (psycopg.types.json.Jsonb(document),)).fetchone()
-    assert again["n"] == 2
+    assert import_document(p1, document) == 2
     assert p1.execute("SELECT placements.part_no FROM totp_private.placements WHERE identity = %s",
                       (mine,)).fetchone()["part_no"] == 1
 
@@ -371,8 +374,7 @@ def test_release_waits_for_a_call_in_flight_and_its_document_has_what_that_call_
     assert approved["sid"] in {c["sid"] for c in document["challenges"]}
     assert {c["sid"]: c["status"] for c in document["challenges"]}[approved["sid"]] == "approved"
     # What the destination gets from that document keeps the code spent.
-    assert p1.execute("SELECT totp.import_identity(%s) AS n",
-                      (psycopg.types.json.Jsonb(document),)).fetchone()["n"] == 1
+    assert import_document(p1, document) == 1
     replay = p1.execute("SELECT * FROM totp.create_challenge(%s, %s, %s, %s)",
                         (SERVICE, mine, factor["sid"], code)).fetchone()
     assert replay["status"] == "pending"
@@ -418,21 +420,18 @@ def test_imports_refuse_documents_they_cannot_trust(p0, p1):
     document = p0.execute("SELECT totp.export_identity(%s) AS d", (mine,)).fetchone()["d"]
     assert len(document["factors"]) == 1  # export alone keeps the identity where it is
     assert p0.execute("SELECT count(*) AS n FROM totp.list_factors(%s, %s)", (SERVICE, mine)).fetchone()["n"] == 1
-
-    def imported(doc):
-        return p1.execute("SELECT totp.import_identity(%s)", (psycopg.types.json.Jsonb(doc),))
     with refused("22023"):
-        imported({**document, "format": "something else"})
+        import_document(p1, {**document, "format": "something else"})
     stray = dict(document, factors=[dict(document["factors"][0], identity="someone-else")])
     with refused("22023"):
-        imported(stray)
+        import_document(p1, stray)
     with refused("22023"):
-        imported(dict(document, secrets={}))
+        import_document(p1, dict(document, secrets={}))
     with refused("22023"):
-        imported(dict(document, secrets={document["factors"][0]["sid"]: "not base32 !"}))
+        import_document(p1, dict(document, secrets={document["factors"][0]["sid"]: "not base32 !"}))
     missing_service = dict(document, entities=[dict(document["entities"][0], service_sid="VA" + "9" * 32)])
     with refused("P0002", 20404):
-        imported(missing_service)
+        import_document(p1, missing_service)
     assert p1.execute("SELECT count(*) AS n FROM totp_private.entities WHERE identity = %s",
                       (mine,)).fetchone()["n"] == 0
 
@@ -446,14 +445,11 @@ def test_imports_refuse_challenges_of_factors_the_document_does_not_hold(p0, p1)
     p0.execute("SELECT * FROM totp.create_challenge(%s, %s, %s)", (SERVICE, mine, factor["sid"]))
     document = p0.execute("SELECT totp.export_identity(%s) AS d", (mine,)).fetchone()["d"]
     assert len(document["challenges"]) == 1
-
-    def imported(doc):
-        return p1.execute("SELECT totp.import_identity(%s) AS n", (psycopg.types.json.Jsonb(doc),))
     for factor_sid in (unverified["sid"], "YF" + "0" * 32):
         with refused("22023") as info:
-            imported(dict(document, challenges=[dict(document["challenges"][0], factor_sid=factor_sid)]))
+            import_document(p1, dict(document, challenges=[dict(document["challenges"][0], factor_sid=factor_sid)]))
         assert "challenges of its verified factors only" in info.value.diag.message_detail
-    assert imported(document).fetchone()["n"] == 2
+    assert import_document(p1, document) == 2
 
 
 def test_release_needs_a_partition_and_another_target(conn, p0):
