@@ -667,6 +667,49 @@ def test_60312_short_codes_10_per_day_and_no_hourly_limit(conn, digits):
         challenge(conn, svc, identity, f)
 
 
+@pytest.mark.parametrize("window", ["hour", "day"])
+def test_60312_windows_are_fixed_and_restart_when_over(conn, window):
+    """The creation windows are fixed: a full window that started less than its width ago still
+    refuses; one that started longer ago restarts at this call with a count of 1. The count is
+    made by the statement that locks the factor (challenges::COUNT), so a refused creation must
+    also leave the counters as they were. The window's start is moved back by hand (superuser)."""
+    svc = service(conn, f"Fixed {window}")
+    set_limits(conn, svc, max_challenges_per_hour=3, max_challenges_per_day=3)
+    identity = ident()
+    f = verified(conn, svc, identity)
+    for _ in range(3):
+        challenge(conn, svc, identity, f)
+    start, count = f"challenge_{window}_start", f"challenges_in_{window}"
+    width = {"hour": "1 hour", "day": "1 day"}[window]
+    other = {"hour": "day", "day": "hour"}[window]
+
+    def counters():
+        return conn.execute(f"SELECT challenge_hour_start, challenges_in_hour, challenge_day_start, "
+                            f"challenges_in_day FROM totp_private.factors WHERE sid = %s", (f["sid"],)).fetchone()
+
+    # The other window is out of the way (restarted on the next call), this one full but current.
+    conn.execute(f"UPDATE totp_private.factors SET challenge_{other}_start = now() - interval '1 day 1 hour', "
+                 f"{start} = now() - interval '{width}' + interval '1 minute' WHERE sid = %s", (f["sid"],))
+    held = counters()
+    with refused_clean("54000", 60312):
+        challenge(conn, svc, identity, f)
+    assert counters() == held, "a refused creation counts nothing"
+    # Started just over a window ago: a new window from this call.
+    conn.execute(f"UPDATE totp_private.factors SET {start} = now() - interval '{width}' - interval '1 minute' "
+                 f"WHERE sid = %s", (f["sid"],))
+    before = conn.execute("SELECT now() AS t").fetchone()["t"]
+    assert challenge(conn, svc, identity, f)["status"] == "pending"
+    after = counters()
+    assert after[count] == 1 and after[start] >= before
+    assert after[f"challenges_in_{other}"] == 1 and after[f"challenge_{other}_start"] >= before
+    # The next creations count in the new windows, up to the limit again.
+    challenge(conn, svc, identity, f)
+    challenge(conn, svc, identity, f)
+    assert counters()[count] == 3 and counters()[start] == after[start]
+    with refused_clean("54000", 60312):
+        challenge(conn, svc, identity, f)
+
+
 def test_60312_code_length_5_has_the_hourly_limit(conn):
     svc = service(conn, "Five")
     set_limits(conn, svc, max_challenges_per_hour=2)
