@@ -708,6 +708,38 @@ def test_challenge_creation_limit_60312_exactly_at_limit(admin, pool, window):
     assert len(private_challenges(admin, factor["sid"])) == limit
 
 
+def test_challenge_creations_waiting_on_the_factor_count_on_the_row_they_get(admin, pool, gate_conn):
+    """All N calls are provably waiting on the factor's lock while the gate's transaction
+    creates 3 challenges and then, also before COMMIT, moves the hour window's start back to just
+    under an hour ago with a count of 6. Each waiter must count on the row the gate committed, and
+    on its predecessors' rows after that, not on the row it first saw: exactly 10 - 6 = 4 of them
+    get a challenge, the rest 60312, and the hour count ends at 10 in the gate's window. A waiter
+    counting on a stale row would start from another count (more or fewer than 4 pass) or in a
+    new window."""
+    svc = service_with_limits(admin, max_challenges_per_hour=10)
+    ident = identity()
+    factor = enrol(admin, svc, ident)
+    codes = wrong_codes(factor, N + 3)
+    starts = {}
+
+    def make_three(c):
+        for code in codes[N:]:
+            assert c.execute(CREATE_CHALLENGE, (svc, ident, factor["sid"], code)).fetchone()["status"] == "pending"
+
+    def move_window(c):
+        starts["hour"] = c.execute(
+            "UPDATE totp_private.factors SET challenge_hour_start = now() - interval '59 minutes', "
+            "challenges_in_hour = 6 WHERE sid = %s RETURNING challenge_hour_start", (factor["sid"],)
+        ).fetchone()["challenge_hour_start"]
+
+    outcomes = race(pool, lambda i, c: call(c, CREATE_CHALLENGE, (svc, ident, factor["sid"], codes[i])),
+                    gate=(gate_conn, admin, factor["sid"], make_three, move_window))
+    assert statuses(outcomes) == {"pending": 4, "error 54000/60312": N - 4}
+    pf = private_factor(admin, factor["sid"])
+    assert pf["challenges_in_hour"] == 10 and pf["challenge_hour_start"] == starts["hour"]
+    assert len(private_challenges(admin, factor["sid"])) == 3 + 4
+
+
 def test_factors_per_entity_limit_60315_under_concurrent_creation(admin, pool):
     """32 sessions create factors for one new identity at once, limit 10 factors per entity:
     one entity, exactly 10 factors, 22 refusals with 60315."""

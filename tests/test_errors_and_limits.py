@@ -670,9 +670,8 @@ def test_60312_short_codes_10_per_day_and_no_hourly_limit(conn, digits):
 @pytest.mark.parametrize("window", ["hour", "day"])
 def test_60312_windows_are_fixed_and_restart_when_over(conn, window):
     """The creation windows are fixed: a full window that started less than its width ago still
-    refuses; one that started longer ago restarts at this call with a count of 1. The count is
-    made by the statement that locks the factor (challenges::COUNT), so a refused creation must
-    also leave the counters as they were. The window's start is moved back by hand (superuser)."""
+    refuses, and leaves the counters as they were; one that started longer ago restarts at this
+    call with a count of 1. The window's start is moved back by hand (superuser)."""
     svc = service(conn, f"Fixed {window}")
     set_limits(conn, svc, max_challenges_per_hour=3, max_challenges_per_day=3)
     identity = ident()

@@ -22,68 +22,30 @@ type ChallengeRow = pgrx::composite_type!('static, "totp.challenges");
 /// Twilio's short-code rule: factors of 4 digits or fewer get only the 24-hour limit, tighter.
 pub const SHORT_CODE_MAX_LENGTH: i32 = 4;
 
-/// The factor's challenge-creation counters after one more creation (COUNT has counted it), or
-/// 60312. Twilio's short-code rule: a factor of 4 digits or fewer has only the 24-hour limit.
-fn check_creation(service: &Service, factor: &LockedFactor) -> TotpResult<()> {
+/// A fixed window counter: (window start, count) after counting one more event at `now`.
+fn count_in_window(start: Option<i64>, count: i32, now: Now, width: i64) -> (i64, i32) {
+    match start {
+        Some(start) if now.micros - start < width => (start, count + 1),
+        _ => (now.micros, 1),
+    }
+}
+
+/// The factor's challenge-creation windows after one more creation, or 60312.
+fn count_creation(service: &Service, factor: &LockedFactor, now: Now) -> TotpResult<[(i64, i32); 2]> {
+    let hour = count_in_window(factor.challenge_hour_start, factor.challenges_in_hour, now, MICROS_PER_HOUR);
+    let day = count_in_window(factor.challenge_day_start, factor.challenges_in_day, now, MICROS_PER_DAY);
     let (hour_limit, day_limit) = if factor.code_length <= SHORT_CODE_MAX_LENGTH {
         (None, service.max_short_code_challenges_per_day)
     } else {
         (Some(service.max_challenges_per_hour), service.max_challenges_per_day)
     };
-    if let Some(limit) = hour_limit.filter(|limit| factor.challenges_in_hour > *limit) {
+    if let Some(limit) = hour_limit.filter(|limit| hour.1 > *limit) {
         return Err(TotpError::ChallengeCreationRateLimited { limit, window: "hour" });
     }
-    if factor.challenges_in_day > day_limit {
+    if day.1 > day_limit {
         return Err(TotpError::ChallengeCreationRateLimited { limit: day_limit, window: "24 hours" });
     }
-    Ok(())
-}
-
-// The factor locked by counting the creation in its fixed windows (a window that started at or
-// before $5, an hour ago, or $6, a day ago, restarts at $4, the call's clock, with a count of 1),
-// read back with its secret. One UPDATE instead of a locking SELECT and an UPDATE: the row is
-// locked and written once, and EvalPlanQual recomputes the counts on the newest version when a
-// concurrent call held the lock. A call that then fails (unverified, over a limit, anything)
-// raises an error, which undoes the count with the rest of the call. The secret row is read as
-// last committed, not locked, as in factors::LOCK (a key rotation never blocks a verification).
-static COUNT: Sql = Sql {
-    text: concat!(
-        "UPDATE totp_private.factors AS f SET \
-           challenge_hour_start = CASE WHEN f.challenge_hour_start > $5 THEN f.challenge_hour_start ELSE $4 END, \
-           challenges_in_hour = CASE WHEN f.challenge_hour_start > $5 THEN f.challenges_in_hour + 1 ELSE 1 END, \
-           challenge_day_start = CASE WHEN f.challenge_day_start > $6 THEN f.challenge_day_start ELSE $4 END, \
-           challenges_in_day = CASE WHEN f.challenge_day_start > $6 THEN f.challenges_in_day + 1 ELSE 1 END \
-         FROM totp_private.factor_secrets s \
-         WHERE f.identity = $1 AND f.sid = $2 AND f.service_sid = $3 AND s.identity = $1 \
-           AND s.identity = f.identity AND s.factor_sid = f.sid \
-           AND (f.unverified_until IS NULL OR f.unverified_until > $4) \
-         RETURNING ",
-        factors::locked_factor_columns!()
-    ),
-    params: &[TEXT, TEXT, TEXT, TIMESTAMPTZ, TIMESTAMPTZ, TIMESTAMPTZ],
-};
-
-/// Locks the factor by counting this creation (COUNT), or reports 60392 / 60390.
-fn count_creation(
-    client: &mut SpiClient<'_>,
-    service_sid: &str,
-    identity: &str,
-    factor_sid: &str,
-    now: Now,
-) -> TotpResult<LockedFactor> {
-    let args = [
-        arg(identity),
-        arg(factor_sid),
-        arg(service_sid),
-        arg(now.timestamptz()),
-        arg(ts(now.micros - MICROS_PER_HOUR)),
-        arg(ts(now.micros - MICROS_PER_DAY)),
-    ];
-    let table = db::exec(client, &COUNT, &args)?;
-    let Some(row) = db::first(table) else {
-        return Err(super::entities::missing(client, service_sid, identity, SidKind::Factor, factor_sid));
-    };
-    factors::locked_from_row(&row, identity, factor_sid)
+    Ok([hour, day])
 }
 
 fn ts(micros: i64) -> TimestampWithTimeZone {
@@ -101,39 +63,59 @@ macro_rules! challenge_row {
     };
 }
 
-// The challenge row of a creation and the new row as the view shows it (a new challenge is not
-// yet expired). The factor's counts are written already (COUNT). A pending challenge (the common
-// case, a wrong code) is this one INSERT; INSERT_ANSWERED is the rest in one statement: the
-// replay guard ($15, the accepted step, NULL for a denial: then no factor row is written), the
-// challenge, its event ($13: challenge.approved or challenge.denied, $14 its id). Both take the
-// same parameters.
-macro_rules! challenge_values {
-    () => {
-        "INSERT INTO totp_private.challenges AS c (identity, sid, service_sid, entity_sid, factor_sid, \
-           status, details, hidden_details, expiration_date, date_responded, date_created, \
-           date_updated, failed_attempts) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)"
+// The whole write of a challenge creation in one statement, one executor start-up: the factor's
+// creation windows and replay guard ($15..$19; the factor is locked), the challenge row, and the
+// new row as the view shows it (a new challenge is not yet expired). INSERT_WITH_EVENT also
+// records its event ($13: challenge.approved or challenge.denied, $14 its id); a pending
+// challenge (the common case, a wrong code) has none and runs INSERT, without the events table's
+// start-up. Both take the same parameters.
+macro_rules! insert_challenge {
+    ($event:literal) => {
+        concat!(
+            "WITH u AS (UPDATE totp_private.factors AS f SET challenge_hour_start = $15, challenges_in_hour = $16, \
+               challenge_day_start = $17, challenges_in_day = $18, last_step = COALESCE($19, f.last_step) \
+               WHERE f.identity = $1 AND f.sid = $5), \
+             c AS (INSERT INTO totp_private.challenges AS c (identity, sid, service_sid, entity_sid, factor_sid, \
+               status, details, hidden_details, expiration_date, date_responded, date_created, \
+               date_updated, failed_attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) RETURNING c.*)",
+            $event,
+            " SELECT ",
+            challenge_row!(),
+            " FROM c"
+        )
     };
 }
 
-const INSERT_PARAMS: &[pgrx::pg_sys::PgOid] =
-    &[TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, TIMESTAMPTZ, TIMESTAMPTZ, INT4, TEXT, UUID, INT8];
+const INSERT_PARAMS: &[pgrx::pg_sys::PgOid] = &[
+    TEXT,
+    TEXT,
+    TEXT,
+    TEXT,
+    TEXT,
+    TEXT,
+    JSONB,
+    JSONB,
+    TIMESTAMPTZ,
+    TIMESTAMPTZ,
+    TIMESTAMPTZ,
+    INT4,
+    TEXT,
+    UUID,
+    TIMESTAMPTZ,
+    INT4,
+    TIMESTAMPTZ,
+    INT4,
+    INT8,
+];
 
-static INSERT: Sql = Sql { text: concat!(challenge_values!(), " RETURNING ", challenge_row!()), params: INSERT_PARAMS };
+static INSERT: Sql = Sql { text: insert_challenge!(""), params: INSERT_PARAMS };
 
-static INSERT_ANSWERED: Sql = Sql {
-    text: concat!(
-        "WITH u AS (UPDATE totp_private.factors AS f SET last_step = $15 \
-           WHERE f.identity = $1 AND f.sid = $5 AND $15 IS NOT NULL), \
-         c AS (",
-        challenge_values!(),
-        " RETURNING c.*), \
-         e AS (INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, challenge_sid, \
+static INSERT_WITH_EVENT: Sql = Sql {
+    text: insert_challenge!(
+        ", e AS (INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, challenge_sid, \
            date_created) \
-           SELECT c.identity, $14, $13, c.service_sid, c.factor_sid, c.sid, $11 FROM c) \
-         SELECT ",
-        challenge_row!(),
-        " FROM c"
+           SELECT c.identity, $14, $13, c.service_sid, c.factor_sid, c.sid, $11 FROM c)"
     ),
     params: INSERT_PARAMS,
 };
@@ -141,9 +123,8 @@ static INSERT_ANSWERED: Sql = Sql {
 #[cfg(any(test, feature = "pg_test"))]
 pub fn statements() -> Vec<(&'static str, &'static Sql)> {
     vec![
-        ("challenges::COUNT", &COUNT),
         ("challenges::INSERT", &INSERT),
-        ("challenges::INSERT_ANSWERED", &INSERT_ANSWERED),
+        ("challenges::INSERT_WITH_EVENT", &INSERT_WITH_EVENT),
         ("challenges::LOCK", &LOCK),
         ("challenges::ANSWER", &ANSWER),
         ("challenges::DENY", &DENY),
@@ -191,11 +172,11 @@ fn create_challenge(
             }
             Some(date) => date,
         };
-        let factor = count_creation(client, service_sid, identity, factor_sid, now)?;
+        let factor = factors::lock_factor(client, service_sid, identity, factor_sid, now)?;
         if !factor.verified {
             return Err(TotpError::FactorUnverified);
         }
-        check_creation(&service, &factor)?;
+        let [hour, day] = count_creation(&service, &factor, now)?;
         let accepted = match auth_payload {
             Some(payload) => factor.accepts(client, &service, payload, now)?,
             None => None,
@@ -214,7 +195,7 @@ fn create_challenge(
         let event = event_of(status);
         let inserted = db::exec(
             client,
-            if event.is_some() { &INSERT_ANSWERED } else { &INSERT },
+            if event.is_some() { &INSERT_WITH_EVENT } else { &INSERT },
             &[
                 arg(identity),
                 arg(challenge_sid.as_str()),
@@ -230,6 +211,10 @@ fn create_challenge(
                 arg(failed_attempts),
                 arg(event.map(Event::name)),
                 arg(event.map(|_| events::new_id())),
+                arg(ts(hour.0)),
+                arg(hour.1),
+                arg(ts(day.0)),
+                arg(day.1),
                 arg(accepted),
             ],
         )?;

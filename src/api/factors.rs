@@ -248,9 +248,9 @@ pub struct LockedFactor {
     pub params: CodeParams,
     pub last_step: Option<i64>,
     pub failed_verifications: i32,
-    /// Challenges created in the factor's current hour and day windows (as counted by the
-    /// creation that locked it, see challenges::COUNT).
+    pub challenge_hour_start: Option<i64>,
     pub challenges_in_hour: i32,
+    pub challenge_day_start: Option<i64>,
     pub challenges_in_day: i32,
     key_id: i64,
     sealed: Vec<u8>,
@@ -277,14 +277,14 @@ static LOCK: Sql = Sql {
 macro_rules! locked_factor_columns {
     () => {
         "f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step, \
-         f.failed_verifications, f.challenges_in_hour, f.challenges_in_day, s.key_id, s.sealed, \
-         f.unverified_until"
+         f.failed_verifications, f.challenge_hour_start, f.challenges_in_hour, \
+         f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed, f.unverified_until"
     };
 }
 pub(crate) use locked_factor_columns;
 
 /// How many columns `locked_factor_columns!` names.
-pub const FACTOR_COLUMNS: usize = 13;
+pub const FACTOR_COLUMNS: usize = 15;
 
 fn micros(ts: Option<pgrx::datum::TimestampWithTimeZone>) -> Option<i64> {
     ts.map(|t| t.into_inner())
@@ -307,7 +307,7 @@ pub fn lock(
 
 /// Locks the factor of a service already loaded (the caller checked what comes before the lock in
 /// the error order), or reports 60392 / 60390.
-fn lock_factor(
+pub fn lock_factor(
     client: &mut SpiClient<'_>,
     service_sid: &str,
     identity: &str,
@@ -354,11 +354,13 @@ pub fn locked_from_row(
         },
         last_step: db::get(row, 7)?,
         failed_verifications: db::req(row, 8)?,
-        challenges_in_hour: db::req(row, 9)?,
-        challenges_in_day: db::req(row, 10)?,
-        key_id: db::req(row, 11)?,
-        sealed: db::req(row, 12)?,
-        unverified_until: micros(db::get(row, 13)?),
+        challenge_hour_start: micros(db::get(row, 9)?),
+        challenges_in_hour: db::req(row, 10)?,
+        challenge_day_start: micros(db::get(row, 11)?),
+        challenges_in_day: db::req(row, 12)?,
+        key_id: db::req(row, 13)?,
+        sealed: db::req(row, 14)?,
+        unverified_until: micros(db::get(row, 15)?),
     })
 }
 
