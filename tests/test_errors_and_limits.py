@@ -683,8 +683,8 @@ def test_60312_windows_are_fixed_and_restart_when_over(conn, window):
     other = {"hour": "day", "day": "hour"}[window]
 
     def counters():
-        return conn.execute(f"SELECT challenge_hour_start, challenges_in_hour, challenge_day_start, "
-                            f"challenges_in_day FROM totp_private.factors WHERE sid = %s", (f["sid"],)).fetchone()
+        return conn.execute("SELECT challenge_hour_start, challenges_in_hour, challenge_day_start, "
+                            "challenges_in_day FROM totp_private.factors WHERE sid = %s", (f["sid"],)).fetchone()
 
     # The other window is out of the way (restarted on the next call), this one full but current.
     conn.execute(f"UPDATE totp_private.factors SET challenge_{other}_start = now() - interval '1 day 1 hour', "
@@ -704,7 +704,8 @@ def test_60312_windows_are_fixed_and_restart_when_over(conn, window):
     # The next creations count in the new windows, up to the limit again.
     challenge(conn, svc, identity, f)
     challenge(conn, svc, identity, f)
-    assert counters()[count] == 3 and counters()[start] == after[start]
+    full = counters()
+    assert full[count] == 3 and full[start] == after[start]
     with refused_clean("54000", 60312):
         challenge(conn, svc, identity, f)
 
