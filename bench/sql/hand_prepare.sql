@@ -46,13 +46,21 @@ DECLARE
     fsids text[];
     csids text[];
     codes text[];
+    nsids text[];      -- new challenge SIDs and event ids for stmts_*, made before the clock starts
+    event_ids uuid[];
+    t     timestamptz := now();
+    step  bigint := floor(extract(epoch FROM now()) / 30);
+    service   record;
+    factor    record;
+    challenge totp.challenges;
     t0    timestamptz;
     i     integer;
 BEGIN
     SELECT array_agg('u' || g ORDER BY g), array_agg('YF' || lpad(to_hex(g), 32, '0') ORDER BY g),
            array_agg('YC' || lpad(to_hex(g), 32, '0') ORDER BY g),
-           array_agg(totp.totp_code(substr(sha256(convert_to('bench-' || g, 'UTF8')), 1, 20)) ORDER BY g)
-      INTO ids, fsids, csids, codes
+           array_agg(totp.totp_code(substr(sha256(convert_to('bench-' || g, 'UTF8')), 1, 20)) ORDER BY g),
+           array_agg('YC' || md5(random()::text || g) ORDER BY g), array_agg(gen_random_uuid() ORDER BY g)
+      INTO ids, fsids, csids, codes, nsids, event_ids
       FROM generate_series(first_n, first_n + calls - 1) g;
     t0 := clock_timestamp();
     CASE kind
@@ -67,6 +75,62 @@ BEGIN
             PERFORM secret, last_step FROM bench.app_factors WHERE identity = ids[i] FOR UPDATE;
             UPDATE bench.app_factors SET last_step = i, failed = 0 WHERE identity = ids[i];
             INSERT INTO bench.app_challenges (sid, identity, status) VALUES (csids[i], ids[i], 'approved');
+        END LOOP;
+    WHEN 'stmts_wrong', 'stmts_right' THEN
+        -- The extension's own statements, without the extension: what create_challenge sends
+        -- through SPI, copied from services::LOAD, factors::LOCK and challenges::INSERT /
+        -- INSERT_WITH_EVENT (0.7.0), with the values its Rust code computes (windows, status,
+        -- SIDs, event ids) given as plain values. Their cost is a floor no Rust change lowers.
+        FOR i IN 1 .. calls LOOP
+            SELECT s.friendly_name, s.totp_issuer, s.totp_time_step, s.totp_code_length, s.totp_skew,
+                   s.max_factor_attempts, s.max_challenge_attempts, s.max_challenges_per_hour,
+                   s.max_challenges_per_day, s.max_short_code_challenges_per_day, s.max_factors_per_entity,
+                   s.max_factor_creations_per_day, t + s.challenge_ttl, t + s.max_challenge_ttl,
+                   t + s.unverified_factor_ttl, p.part_no, p.part_count, pl.part_no
+              INTO service
+              FROM totp_private.services s
+              LEFT JOIN totp_private.partition p ON true
+              LEFT JOIN totp_private.placements pl ON pl.identity = ids[i]
+             WHERE s.sid = svc;
+            SELECT f.entity_sid, f.status, f.alg, f.code_length, f.time_step, f.skew, f.last_step,
+                   f.failed_verifications, f.challenge_hour_start, f.challenges_in_hour,
+                   f.challenge_day_start, f.challenges_in_day, s.key_id, s.sealed, f.unverified_until
+              INTO factor
+              FROM totp_private.factors f
+              JOIN totp_private.factor_secrets s ON s.identity = f.identity AND s.factor_sid = f.sid
+             WHERE f.identity = ids[i] AND f.sid = fsids[i] AND f.service_sid = svc AND s.identity = ids[i]
+               AND (f.unverified_until IS NULL OR f.unverified_until > t)
+               FOR UPDATE OF f;
+            IF kind = 'stmts_wrong' THEN
+                WITH u AS (UPDATE totp_private.factors AS f SET challenge_hour_start = t, challenges_in_hour = 1,
+                             challenge_day_start = t, challenges_in_day = 1, last_step = COALESCE(NULL::bigint, f.last_step)
+                            WHERE f.identity = ids[i] AND f.sid = fsids[i]),
+                     c AS (INSERT INTO totp_private.challenges AS c (identity, sid, service_sid, entity_sid, factor_sid,
+                             status, details, hidden_details, expiration_date, date_responded, date_created,
+                             date_updated, failed_attempts)
+                           VALUES (ids[i], nsids[i], svc, factor.entity_sid, fsids[i], 'pending', NULL, NULL,
+                                   t + interval '5 minutes', NULL, t, t, 1) RETURNING c.*)
+                SELECT ROW(c.sid, c.service_sid, c.entity_sid, c.identity, c.factor_sid, c.factor_type, c.status,
+                           c.responded_reason, c.details, c.hidden_details, c.metadata, c.expiration_date,
+                           c.date_responded, c.date_created, c.date_updated)::totp.challenges
+                  INTO challenge FROM c;
+            ELSE
+                WITH u AS (UPDATE totp_private.factors AS f SET challenge_hour_start = t, challenges_in_hour = 1,
+                             challenge_day_start = t, challenges_in_day = 1, last_step = COALESCE(step, f.last_step)
+                            WHERE f.identity = ids[i] AND f.sid = fsids[i]),
+                     c AS (INSERT INTO totp_private.challenges AS c (identity, sid, service_sid, entity_sid, factor_sid,
+                             status, details, hidden_details, expiration_date, date_responded, date_created,
+                             date_updated, failed_attempts)
+                           VALUES (ids[i], nsids[i], svc, factor.entity_sid, fsids[i], 'approved', NULL, NULL,
+                                   t + interval '5 minutes', t, t, t, 0) RETURNING c.*),
+                     e AS (INSERT INTO totp_private.events (identity, id, type, service_sid, factor_sid, challenge_sid,
+                             date_created)
+                           SELECT c.identity, event_ids[i], 'challenge.approved', c.service_sid, c.factor_sid, c.sid, t FROM c)
+                SELECT ROW(c.sid, c.service_sid, c.entity_sid, c.identity, c.factor_sid, c.factor_type, c.status,
+                           c.responded_reason, c.details, c.hidden_details, c.metadata, c.expiration_date,
+                           c.date_responded, c.date_created, c.date_updated)::totp.challenges
+                  INTO challenge FROM c;
+            END IF;
         END LOOP;
     WHEN 'cc_wrong' THEN
         FOR i IN 1 .. calls LOOP
